@@ -1,0 +1,1 @@
+"""Transport: TLS certificates and framed connections shared by the parts of privboost."""
