@@ -1,0 +1,59 @@
+"""Reading tables (CSV/Parquet) and turning them into the float32 matrices the models read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+class DataError(ValueError):
+    """An input table is missing, unreadable or does not fit the model."""
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV or Parquet file (by extension; anything else is read as CSV)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"input file not found: {p}")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        return pd.read_csv(p)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {p}: {exc}") from exc
+
+
+def feature_matrix(table: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
+    """Columns ``feature_names`` of ``table`` as float32 (empty cells become NaN = missing); other columns ignored."""
+    absent = [name for name in feature_names if name not in table.columns]
+    if absent:
+        shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
+        raise DataError(f"input lacks {len(absent)} of the model's feature columns: {shown}")
+    columns = []
+    for name in feature_names:
+        column = table[name]
+        if isinstance(column, pd.DataFrame):
+            raise DataError(f"input has more than one column named {name!r}")
+        numeric = pd.to_numeric(column, errors="coerce")
+        bad = numeric.isna() & column.notna()
+        if bad.any():
+            raise DataError(f"column {name!r} has non-numeric values (first: {column[bad].iloc[0]!r})")
+        columns.append(numeric.to_numpy(dtype=np.float32, na_value=np.nan))
+    return np.column_stack(columns) if columns else np.zeros((len(table), 0), dtype=np.float32)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write CSV or Parquet (by extension) atomically: a failure leaves no partial file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if target.suffix.lower() in (".parquet", ".pq"):
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

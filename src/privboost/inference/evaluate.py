@@ -1,0 +1,102 @@
+"""Server-side evaluation of encrypted queries on an encrypted model (no key needed).
+
+For a batch of queries the evaluator (1) decides every split of every tree at once by comparing the query's
+order ciphertext of the split's feature with the split's threshold ciphertext (CLWW comparison, or integer
+comparison of OPE ciphertexts), missing values taking the default direction; (2) walks all trees of all queries
+in lock-step, level by level; (3) multiplies the Paillier ciphertexts of the reached leaves of each output
+(homomorphic addition) and (4) packs up to ``slots_per_ciphertext`` scores into one ciphertext (Horner with
+``2^SLOT_BITS`` shifts) so the client decrypts once per slot group instead of once per score.
+
+What the evaluator learns is exactly what it computes: each query value's order relative to every threshold of
+its feature (and, under ORE, the first differing bit), hence the path in every tree, and which values are missing.
+It never sees a plaintext value, a leaf value or a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gmpy2
+import numpy as np
+
+from privboost.crypto.ore import ORE_CHUNK_ELEMENTS, ore_less_than
+from privboost.crypto.paillier import PaillierPublicKey, add_ciphertexts, pack_ciphertexts, slots_per_ciphertext
+from privboost.inference.format import SLOT_BITS, EncryptedModel
+
+
+@dataclass
+class PackedScores:
+    """Encrypted scores of a batch: ``ciphertexts[i]`` packs ``slots[i]`` consecutive scores (query-major)."""
+
+    ciphertexts: list[int]
+    slots: list[int]
+
+
+class CompiledModel:
+    """An `EncryptedModel` prepared for repeated evaluation (ciphertexts as gmpy2 integers, tree depth known)."""
+
+    def __init__(self, model: EncryptedModel) -> None:
+        self.model = model
+        self.nsquare = gmpy2.mpz(model.paillier_n) ** 2
+        self.leaf_ciphertexts = [gmpy2.mpz(c) for c in model.leaf_ciphertexts]
+        self.inner = np.flatnonzero(model.node_feature >= 0)
+        self.inner_feature = model.node_feature[self.inner]
+        self.inner_thresholds = model.thresholds[self.inner]
+        self.depth = _max_depth(model)
+        self.slots = slots_per_ciphertext(PaillierPublicKey(model.paillier_n), SLOT_BITS)
+        self.trees_of_output = [np.flatnonzero(model.tree_output == k) for k in range(model.num_outputs)]
+
+    def go_left(self, values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Decision at every node for every query: bool (Q, N); leaves are False."""
+        m = self.model
+        q = values.shape[0]
+        decision = np.zeros((q, m.num_nodes), dtype=bool)
+        if self.inner.size == 0:
+            return decision
+        per_query = self.inner.size * (values.shape[-1] if values.ndim == 3 else 1)
+        step = max(1, ORE_CHUNK_ELEMENTS // max(per_query, 1))
+        for start in range(0, q, step):
+            stop = min(q, start + step)
+            chunk = values[start:stop, self.inner_feature]
+            if m.scheme == "ore":
+                less = ore_less_than(chunk, self.inner_thresholds[None])
+            else:
+                less = chunk < self.inner_thresholds[None]
+            absent = missing[start:stop, self.inner_feature]
+            decision[start:stop, self.inner] = np.where(absent, m.default_left[self.inner][None], less)
+        return decision
+
+    def reached_leaves(self, values: np.ndarray, missing: np.ndarray) -> np.ndarray:
+        """Leaf slot reached in every tree by every query: int (Q, T)."""
+        m = self.model
+        decision = self.go_left(values, missing)
+        q = values.shape[0]
+        pos = np.broadcast_to(m.roots, (q, m.num_trees)).copy()
+        rows = np.arange(q)[:, None]
+        for _ in range(self.depth):
+            inner = m.node_feature[pos] >= 0
+            nxt = np.where(decision[rows, pos], m.left[pos], m.right[pos])
+            pos = np.where(inner, nxt, pos)
+        return m.leaf_slot[pos]
+
+    def evaluate(self, values: np.ndarray, missing: np.ndarray) -> PackedScores:
+        """Encrypted scores for a batch of encrypted queries (values already in model feature order)."""
+        leaves = self.reached_leaves(values, missing)
+        scores = []
+        for row in leaves:
+            for trees in self.trees_of_output:
+                scores.append(add_ciphertexts([self.leaf_ciphertexts[s] for s in row[trees]], self.nsquare))
+        packed, slots = [], []
+        for start in range(0, len(scores), self.slots):
+            group = scores[start:start + self.slots]
+            packed.append(int(pack_ciphertexts(group, self.nsquare, SLOT_BITS)))
+            slots.append(len(group))
+        return PackedScores(packed, slots)
+
+
+def _max_depth(model: EncryptedModel) -> int:
+    depth = np.zeros(model.num_nodes, dtype=np.int64)
+    inner = np.flatnonzero(model.node_feature >= 0)
+    for node in inner:  # children follow parents (validated), so one forward pass suffices
+        depth[model.left[node]] = depth[model.right[node]] = depth[node] + 1
+    return int(depth.max()) if depth.size else 0
