@@ -96,7 +96,7 @@ def client_predict(
     keys: Annotated[Path, typer.Option(help="the user's key directory")],
     input: Annotated[Path, typer.Option(help="CSV or Parquet with one row per query, columns named as features")],
     output: Annotated[Path, typer.Option(help="CSV or Parquet to write, one column per output")],
-    server_url: Annotated[str | None, typer.Option("--server", help="server URL (default: the one in the keys)")] = None,
+    server_url: Annotated[str | None, typer.Option("--server", help="server URL (default: from the keys)")] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate to verify the server's HTTPS certificate")] = None,
     batch_size: Annotated[int, typer.Option(help="queries per request")] = 1000,
 ) -> None:

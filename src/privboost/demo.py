@@ -42,7 +42,7 @@ def start_server(db: Path, port: int, cert: Path | None = None, key: Path | None
     cmd = [sys.executable, "-m", "privboost", "server", "--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
     if cert and key:
         cmd += ["--certfile", str(cert), "--keyfile", str(key)]
-    proc = subprocess.Popen(cmd + (extra or []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd + (extra or []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603 - our own CLI
     scheme = "https" if cert else "http"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,7 +59,8 @@ def start_server(db: Path, port: int, cert: Path | None = None, key: Path | None
 
 
 def _run(args: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "privboost", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "privboost", *args], capture_output=True, text=True,  # noqa: S603
+                          check=False)
     if done.returncode != 0:
         raise RuntimeError(f"privboost {args[0]} {args[1]} failed:\n{done.stderr[-3000:]}")
 

@@ -23,7 +23,7 @@ from privboost.inference.keys import UserKeys
 from privboost.inference.ordering import OrderCipher
 from privboost.model import TreeEnsemble
 
-REGISTRATION_SECRET_ENV = "PRIVBOOST_REGISTRATION_SECRET"
+REGISTRATION_SECRET_ENV = "PRIVBOOST_REGISTRATION_SECRET"  # noqa: S105 - a variable name, not a secret
 
 
 class UnsupportedModelError(ValueError):

@@ -15,6 +15,7 @@ key, no order key and no pseudonym key. Tokens are stored hashed; request bodies
 """
 
 
+import json
 import logging
 import re
 import threading
@@ -91,7 +92,7 @@ class _BodyTooLarge(Exception):
 
 
 async def _reject(send, status: int, detail: str) -> None:
-    body = ('{"detail": "%s"}' % detail).encode()
+    body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -244,10 +245,10 @@ def create_app(db_path: str, registration_secret: str | None = None, max_body_by
 
 def serve(db_path: str, host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None,
           keyfile: str | None = None, registration_secret: str | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH, workers_log: str = "info") -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH, log_level: str = "info") -> None:
     """Run the server until stopped (HTTPS when a certificate and key are given)."""
     import uvicorn
 
     app = create_app(db_path, registration_secret, max_body_bytes, max_batch)
-    uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile, log_level=workers_log,
+    uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile, log_level=log_level,
                 timeout_graceful_shutdown=5)
