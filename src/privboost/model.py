@@ -204,9 +204,11 @@ class TreeEnsemble:
         """Base score in margin space, float32 per output, computed as XGBoost does."""
         base = self.base_score.astype(np.float32)
         if self.objective in _LOGISTIC:
-            one = np.float32(1.0)
+            # float32 steps as XGBoost's -logf(1.0f / p - 1.0f); the log is taken in float64 and rounded once,
+            # which matches a correctly rounded logf (numpy's float32 log can be 1 ulp off)
+            odds = (np.float32(1.0) / base - np.float32(1.0)).astype(np.float32)
             with np.errstate(divide="ignore"):
-                return (-np.log(one / base - one)).astype(np.float32)
+                return (-np.log(odds.astype(np.float64))).astype(np.float32)
         return base
 
     # ---------------------------------------------------------------- prediction
@@ -248,7 +250,8 @@ class TreeEnsemble:
         """Apply the objective's link to a margin (float32 in, float32 out)."""
         margin = np.asarray(margin, dtype=np.float32)
         if self.objective in _LOGISTIC:
-            return (np.float32(1.0) / (np.float32(1.0) + np.exp(-margin))).astype(np.float32)
+            expo = np.exp(-margin.astype(np.float64)).astype(np.float32)  # a correctly rounded expf
+            return (np.float32(1.0) / (np.float32(1.0) + expo)).astype(np.float32)
         if self.objective in _MULTI:
             shifted = margin - margin.max(axis=-1, keepdims=True)
             expo = np.exp(shifted)

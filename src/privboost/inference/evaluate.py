@@ -53,8 +53,7 @@ class CompiledModel:
         decision = np.zeros((q, m.num_nodes), dtype=bool)
         if self.inner.size == 0:
             return decision
-        per_query = self.inner.size * (values.shape[-1] if values.ndim == 3 else 1)
-        step = max(1, ORE_CHUNK_ELEMENTS // max(per_query, 1))
+        step = max(1, ORE_CHUNK_ELEMENTS // self.inner.size)
         for start in range(0, q, step):
             stop = min(q, start + step)
             chunk = values[start:stop, self.inner_feature]

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from privboost.crypto.ore import is_valid_ciphertext
+
 SCHEMES = ("ore", "ope")  # CLWW order-revealing encryption; Boldyreva order-preserving encryption
-ORE_TRITS = 32
+OPE_OUT_BITS = 48
 FIXED_POINT_BITS = 32
 SLOT_BITS = 64
 SLOT_OFFSET = 1 << 62  # added to every score so packed slots stay non-negative
@@ -45,7 +47,7 @@ class EncryptedModel:
     left: np.ndarray  # int32 (N,), -1 at leaves
     right: np.ndarray  # int32 (N,), -1 at leaves
     default_left: np.ndarray  # bool (N,)
-    thresholds: np.ndarray  # uint8 (N, 32) trits for "ore"; uint64 (N,) for "ope"; zero at leaves
+    thresholds: np.ndarray  # uint64 (N,): packed CLWW trits for "ore", Boldyreva ciphertext for "ope"; 0 at leaves
     leaf_slot: np.ndarray  # int32 (N,): index into leaf_ciphertexts at leaves, -1 elsewhere
     leaf_ciphertexts: list[int]
     roots: np.ndarray  # int32 (T,)
@@ -157,12 +159,11 @@ class EncryptedModel:
         nsq = self.paillier_n * self.paillier_n
         if any(not 0 < c < nsq for c in self.leaf_ciphertexts):
             raise EncryptedModelError("a leaf ciphertext is out of range for the Paillier modulus")
-        expected = (n_nodes, ORE_TRITS) if self.scheme == "ore" else (n_nodes,)
-        dtype = np.uint8 if self.scheme == "ore" else np.uint64
-        if self.thresholds is None or self.thresholds.shape != expected or self.thresholds.dtype != dtype:
-            raise EncryptedModelError(f"thresholds must be {np.dtype(dtype).name} of shape {expected}")
-        if self.scheme == "ore" and np.any(self.thresholds > 2):
-            raise EncryptedModelError("ORE threshold ciphertexts must be trits (0, 1, 2)")
+        if self.thresholds is None or self.thresholds.shape != (n_nodes,) or self.thresholds.dtype != np.uint64:
+            raise EncryptedModelError(f"thresholds must be uint64 of shape ({n_nodes},)")
+        problem = ciphertext_problem(self.scheme, self.thresholds)
+        if problem:
+            raise EncryptedModelError(f"threshold {problem}")
 
 
 def _need(arrays: dict[str, np.ndarray], name: str, dtype: type) -> np.ndarray:
@@ -193,7 +194,14 @@ def decode_array(text: str, dtype: type, shape: tuple[int, ...], what: str) -> n
 
 
 def value_shape(scheme: str, count: int, n_features: int) -> tuple[tuple[int, ...], type]:
-    """Shape and dtype of a batch of encrypted query values under ``scheme``."""
-    if scheme == "ore":
-        return (count, n_features, ORE_TRITS), np.uint8
+    """Shape and dtype of a batch of encrypted query values (one uint64 ciphertext per cell, either scheme)."""
     return (count, n_features), np.uint64
+
+
+def ciphertext_problem(scheme: str, values: np.ndarray) -> str:
+    """Why ``values`` are not valid order ciphertexts of ``scheme`` ('' if they are)."""
+    if scheme == "ore" and not is_valid_ciphertext(values).all():
+        return "ciphertext is not a CLWW ORE ciphertext (a 2-bit group holds 3)"
+    if scheme == "ope" and np.any(values >= np.uint64(1 << OPE_OUT_BITS)):
+        return f"ciphertext is out of range for OPE (>= 2^{OPE_OUT_BITS})"
+    return ""

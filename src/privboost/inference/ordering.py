@@ -17,6 +17,7 @@ import numpy as np
 from privboost.crypto.floatcode import float32_to_ordered_uint32
 from privboost.crypto.ore import CLWWORE
 from privboost.crypto.prf import derive_key
+from privboost.inference.format import OPE_OUT_BITS
 
 
 class OrderCipher:
@@ -33,7 +34,7 @@ class OrderCipher:
     def encrypt(self, values: np.ndarray, feature: np.ndarray) -> np.ndarray:
         """Encrypt float32 ``values`` (no NaN) of features ``feature`` (same shape, or broadcastable).
 
-        Returns uint8 trits ``values.shape + (32,)`` for ORE, uint64 ``values.shape`` for OPE.
+        Returns uint64 ciphertexts of ``values.shape`` (packed trits for ORE, integers for OPE).
         """
         codes = float32_to_ordered_uint32(values)
         feat = np.broadcast_to(np.asarray(feature, dtype=np.int64), codes.shape)
@@ -49,5 +50,6 @@ class OrderCipher:
         if feature not in self._ope:
             from privboost.crypto.ope import BoldyrevaOPE
 
-            self._ope[feature] = BoldyrevaOPE(derive_key(self._order_key, f"ope/{feature}"), in_bits=32, out_bits=48)
+            self._ope[feature] = BoldyrevaOPE(derive_key(self._order_key, f"ope/{feature}"), in_bits=32,
+                                         out_bits=OPE_OUT_BITS)
         return self._ope[feature]

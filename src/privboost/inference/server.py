@@ -31,6 +31,7 @@ from privboost.inference.evaluate import CompiledModel
 from privboost.inference.format import (
     EncryptedModel,
     EncryptedModelError,
+    ciphertext_problem,
     decode_array,
     encode_array,
     value_shape,
@@ -229,10 +230,9 @@ def create_app(db_path: str, registration_secret: str | None = None, max_body_by
             packed = decode_array(query.missing, np.uint8, ((n_cells + 7) // 8,), "missing mask")
         except EncryptedModelError as exc:
             raise HTTPException(422, str(exc)) from exc
-        if model.scheme == "ore" and np.any(values > 2):
-            raise HTTPException(422, "ORE ciphertexts must be trits (0, 1, 2)")
-        if model.scheme == "ope" and np.any(values >= np.uint64(1 << 48)):
-            raise HTTPException(422, "OPE ciphertext out of range")
+        problem = ciphertext_problem(model.scheme, values)
+        if problem:
+            raise HTTPException(422, f"query {problem}")
         missing = np.unpackbits(packed, count=n_cells).astype(bool).reshape(query.count, len(model.features))
         result = compiled.evaluate(values[:, order], missing[:, order])
         width = (2 * model.paillier_n.bit_length() + 7) // 8
