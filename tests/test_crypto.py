@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from privboost.crypto.floatcode import float32_to_ordered_uint32, ordered_uint32_to_float32
+from privboost.crypto.ope import BoldyrevaOPE
 from privboost.crypto.ore import CLWWORE, is_valid_ciphertext, ore_compare, ore_less_than
 from privboost.crypto.paillier import (
     KeyHolderEncryptor,
@@ -103,3 +104,47 @@ def test_pseudonyms_are_keyed():
     assert pseudonym(key, "age") != pseudonym(new_key(), "age")
     assert "age" not in pseudonym(key, "age")
     assert derive_key(key, "a") != derive_key(key, "b")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=2, max_size=30, unique=True))
+def test_boldyreva_ope_strictly_preserves_order(values):
+    ope = BoldyrevaOPE(b"o" * 32)
+    values = sorted(values)
+    cts = [ope.encrypt(v) for v in values]
+    assert all(a < b for a, b in zip(cts, cts[1:], strict=False))
+    assert all(0 <= c < 2**48 for c in cts)
+    assert [ope.decrypt(c) for c in cts[:5]] == values[:5]
+
+
+def test_boldyreva_ope_edges_keys_and_invalid_ciphertexts():
+    key = new_key()
+    ope = BoldyrevaOPE(key)
+    edge = [0, 1, 2, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
+    cts = [ope.encrypt(v) for v in edge]
+    assert cts == sorted(cts) and len(set(cts)) == len(cts)
+    assert BoldyrevaOPE(key).encrypt(12345) == ope.encrypt(12345)  # deterministic
+    assert BoldyrevaOPE(new_key()).encrypt(12345) != ope.encrypt(12345)
+    refused = 0
+    for c in cts:
+        try:
+            ope.decrypt(c + 1)
+        except ValueError:
+            refused += 1
+    assert refused >= len(cts) - 1  # a random neighbour of a ciphertext is almost never a ciphertext
+    arr = np.array([[5, 7], [5, 2**32 - 1]], dtype=np.uint32)
+    many = ope.encrypt_many(arr)
+    assert many.shape == arr.shape and many[0, 0] == many[1, 0] == ope.encrypt(5)
+    with pytest.raises(ValueError):
+        BoldyrevaOPE(b"short")
+    with pytest.raises(ValueError):
+        ope.encrypt(2**32)
+
+
+def test_boldyreva_ope_spreads_over_the_range():
+    ope = BoldyrevaOPE(new_key(), in_bits=16, out_bits=32)
+    cts = np.array([ope.encrypt(v) for v in range(0, 2**16, 512)], dtype=np.float64)
+    gaps = np.diff(cts)
+    expected = 512 * 2**16  # range points per sampled step
+    assert 0.5 * expected < gaps.mean() < 2 * expected
+    assert gaps.max() < 10 * expected  # not clustered

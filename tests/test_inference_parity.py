@@ -92,3 +92,12 @@ def test_encrypted_prediction_matches_xgboost(name, objective, load, extra):
     else:
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=0, atol=1e-6)
     assert np.array_equal(reached, _expected_leaf_slots(model, matrix, compiled)), "left xgboost's path"
+
+
+def test_boldyreva_ope_scheme_matches_xgboost():
+    x, y = _sklearn(load_breast_cancer)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4}, xgb.DMatrix(x, y), 15)
+    rows = x.iloc[:60]
+    got, compiled, reached, model, matrix = _encrypted_predict(booster, rows, scheme="ope")
+    np.testing.assert_allclose(got[:, 0], booster.predict(xgb.DMatrix(rows)), rtol=0, atol=1e-6)
+    assert np.array_equal(reached, _expected_leaf_slots(model, matrix, compiled))

@@ -87,12 +87,17 @@ class EncryptedModel:
     def from_bytes(cls, data: bytes) -> EncryptedModel:
         """Parse and validate an uploaded model; raises `EncryptedModelError` with the reason."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array, not an archive
+                raise EncryptedModelError("got a bare .npy array, expected an .npz archive")
+            with loaded as archive:
                 arrays = {name: archive[name] for name in archive.files}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise EncryptedModelError(f"not an encrypted model archive: {exc}") from exc
         try:
             header = json.loads(bytes(_need(arrays, "header", np.uint8)).decode())
+            if not isinstance(header, dict):
+                raise EncryptedModelError("model header must be a JSON object")
             if header.get("format") != FORMAT_VERSION:
                 raise EncryptedModelError(f"unsupported model format {header.get('format')!r}")
             n = int(header["paillier_n"])
@@ -121,8 +126,10 @@ class EncryptedModel:
         """Check every structural invariant the evaluator relies on."""
         if self.scheme not in SCHEMES:
             raise EncryptedModelError(f"unknown scheme {self.scheme!r}; expected one of {SCHEMES}")
-        if self.paillier_n.bit_length() < 1024:
+        if self.paillier_n <= 0 or self.paillier_n.bit_length() < 1024:
             raise EncryptedModelError("Paillier modulus is too small")
+        if self.node_feature.ndim != 1:
+            raise EncryptedModelError("node_feature must be one-dimensional")
         n_nodes, n_feat = self.num_nodes, len(self.features)
         if not 0 < n_feat <= MAX_FEATURES or len(set(self.features)) != n_feat:
             raise EncryptedModelError("feature list must be non-empty and without duplicates")
