@@ -1,0 +1,49 @@
+"""Cryptographic pseudo-random generator: AES-256 in counter mode (`cryptography`/OpenSSL), keyed from `secrets`.
+
+A `Prg` turns a 32-byte seed into a stream of uniform uint64 words. Two holders of one seed draw identical streams
+as long as they make identical calls in identical order; the dealer relies on this to send only corrections.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from privboost.mpc.ring import DTYPE
+
+SEED_BYTES = 32
+
+
+def new_seed() -> bytes:
+    """A fresh 256-bit seed from the operating system's cryptographic source."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+class Prg:
+    """AES-256-CTR key stream as uint64 words: ``Prg(seed).words(shape)``; ``words_drawn`` counts the output."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"seed must be {SEED_BYTES} bytes")
+        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+        self.words_drawn = 0
+
+    def words(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Uniform uint64 array of ``shape``."""
+        count = int(np.prod(shape, dtype=np.int64))
+        self.words_drawn += count
+        stream = self._encryptor.update(bytes(8 * count))
+        return np.frombuffer(stream, dtype=DTYPE).reshape(shape).copy() if count else np.zeros(shape, DTYPE)
+
+    def bits(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Uniform 0/1 uint64 array of ``shape`` (one bit drawn per element, 64 elements per word drawn)."""
+        count = int(np.prod(shape, dtype=np.int64))
+        words = self.words((count + 63) // 64)
+        raw = np.unpackbits(words.view(np.uint8), count=count, bitorder="little")
+        return raw.astype(DTYPE).reshape(shape)
+
+    def permutation(self, size: int) -> np.ndarray:
+        """A uniformly random permutation of range(size) as int64 indices (argsort of 64-bit random keys)."""
+        return np.argsort(self.words(size), kind="stable").astype(np.int64)
