@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,7 +50,8 @@ def start_server(db: Path, port: int, cert: Path | None = None, key: Path | None
         if proc.poll() is not None:
             raise RuntimeError(f"server exited early: {proc.stderr.read().decode(errors='replace')[-2000:]}")
         try:
-            if httpx.get(f"{scheme}://127.0.0.1:{port}/v1/health", verify=str(ca) if ca else True,
+            verify = ssl.create_default_context(cafile=str(ca)) if ca else True
+            if httpx.get(f"{scheme}://127.0.0.1:{port}/v1/health", verify=verify,
                          timeout=1.0).status_code == 200:
                 return proc
         except httpx.HTTPError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -51,7 +52,7 @@ class ServerConnection:
         if parts.scheme == "http" and not _is_loopback(parts.hostname) and not allow_insecure_http:
             raise ValueError(f"refusing to send a token in clear to {parts.hostname}: use https:// "
                              "(start the server with --certfile/--keyfile)")
-        verify: bool | str = ca_file if ca_file else True
+        verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=ca_file) if ca_file else True
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, verify=verify, timeout=timeout)
 

@@ -153,14 +153,17 @@ def setup_user(model: TreeEnsemble, user: str, keys_dir: str | os.PathLike, serv
     except KeyFileError:
         previous = None
     conn = ServerConnection(server, ca_file=ca_file)
-    if previous is not None and previous.user == user and previous.token:
-        keys = make_user_keys(model, user, model_id, scheme, paillier_bits)
-        keys.token = previous.token
-    else:
-        keys = make_user_keys(model, user, model_id, scheme, paillier_bits)
-        keys.token = conn.register(user, secret)
-    keys.server, keys.ca_file = server, str(ca_file or "")
-    encrypted = encrypt_model(model, keys, progress)
-    keys.save(keys_dir)
-    conn.upload_model(user, keys.token, model_id, encrypted.to_bytes())
+    try:
+        if previous is not None and previous.user == user and previous.token:
+            keys = make_user_keys(model, user, model_id, scheme, paillier_bits)
+            keys.token = previous.token
+        else:
+            keys = make_user_keys(model, user, model_id, scheme, paillier_bits)
+            keys.token = conn.register(user, secret)
+        keys.server, keys.ca_file = server, str(ca_file or "")
+        encrypted = encrypt_model(model, keys, progress)
+        keys.save(keys_dir)
+        conn.upload_model(user, keys.token, model_id, encrypted.to_bytes())
+    finally:
+        conn.close()
     return keys

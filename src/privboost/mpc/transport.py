@@ -1,0 +1,336 @@
+"""Framed message channels between the parties and the dealer: in-process (tests) and TCP + TLS 1.3 (mutual auth).
+
+Every message is one frame: a 13-byte prefix (kind: u8, header length: u32, payload length: u64, big-endian), a
+short header and the payload. Payloads are numpy arrays (header ``<dtype>;<shape>``, raw little-endian bytes) or
+raw bytes. An ``abort`` frame carries a UTF-8 reason: the receiver raises `PeerAborted` with it, so a failing party
+tells its peers why before it exits. Every receive has a timeout (`TransportTimeout`); a vanished peer raises
+`PeerDisconnected`. Counters: bytes and messages each way, and exchange rounds.
+
+TLS: TLS 1.3 only, both sides present certificates signed by the deployment's CA (privboost.net.certs makes them),
+and each side checks that the peer certificate's common name is the role it expects (``party0``, ``party1``,
+``dealer``).
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import ssl
+import struct
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from privboost.net.certs import CertPaths
+
+PREFIX = struct.Struct(">BIQ")
+KIND_ARRAY, KIND_BYTES, KIND_ABORT, KIND_CLOSE = 1, 2, 3, 4
+ALLOWED_DTYPES = {"<u8", "<i8", "|u1", "<f8"}
+MAX_HEADER = 1024
+MAX_PAYLOAD = 1 << 40
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class MpcError(RuntimeError):
+    """Base of every error the MPC engine raises."""
+
+
+class TransportError(MpcError):
+    """A channel failed: the peer aborted, disconnected, timed out or sent something malformed."""
+
+
+class PeerAborted(TransportError):
+    """The peer sent an abort frame; ``reason`` says why."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(f"{peer} aborted the computation: {reason}")
+        self.reason = reason
+
+
+class PeerDisconnected(TransportError):
+    """The peer closed the connection or its process died."""
+
+
+class TransportTimeout(TransportError):
+    """Nothing arrived from the peer within the timeout."""
+
+
+@dataclass
+class ChannelStats:
+    """Traffic counters of one channel end (frame bytes including prefixes and headers)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    rounds: int = 0
+
+
+def _array_header(arr: np.ndarray) -> bytes:
+    return f"{arr.dtype.str};{','.join(str(d) for d in arr.shape)}".encode()
+
+
+def _parse_array(header: bytes, payload: bytes | bytearray) -> np.ndarray:
+    dtype_str, _, shape_str = header.decode().partition(";")
+    if dtype_str not in ALLOWED_DTYPES:
+        raise TransportError(f"peer sent an array of unsupported dtype {dtype_str!r}")
+    shape = tuple(int(d) for d in shape_str.split(",")) if shape_str else ()
+    arr = np.frombuffer(payload, dtype=np.dtype(dtype_str))
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise TransportError("peer sent an array whose size does not match its shape")
+    return arr.reshape(shape)
+
+
+class Channel(ABC):
+    """One end of a reliable, ordered, framed connection to a named peer."""
+
+    def __init__(self, peer_name: str, send_first: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.peer_name = peer_name
+        self.send_first = send_first
+        self.timeout_s = timeout_s
+        self.stats = ChannelStats()
+        self._closed = False
+
+    @abstractmethod
+    def _send_frame(self, kind: int, header: bytes, payload: memoryview) -> None: ...
+
+    @abstractmethod
+    def _recv_frame(self) -> tuple[int, bytes, bytes | bytearray]: ...
+
+    @abstractmethod
+    def _close_transport(self) -> None: ...
+
+    def _send(self, kind: int, header: bytes, payload: memoryview) -> None:
+        if self._closed:
+            raise TransportError(f"channel to {self.peer_name} is closed")
+        self._send_frame(kind, header, payload)
+        self.stats.bytes_sent += PREFIX.size + len(header) + payload.nbytes
+        self.stats.messages_sent += 1
+
+    def _recv(self, expected_kind: int) -> tuple[bytes, bytes | bytearray]:
+        if self._closed:
+            raise TransportError(f"channel to {self.peer_name} is closed")
+        kind, header, payload = self._recv_frame()
+        self.stats.bytes_received += PREFIX.size + len(header) + len(payload)
+        self.stats.messages_received += 1
+        if kind == KIND_ABORT:
+            self._closed = True
+            self._close_transport()
+            raise PeerAborted(self.peer_name, bytes(payload).decode(errors="replace"))
+        if kind == KIND_CLOSE:
+            self._closed = True
+            self._close_transport()
+            raise PeerDisconnected(f"{self.peer_name} closed the connection")
+        if kind != expected_kind:
+            raise TransportError(f"{self.peer_name} sent frame kind {kind}, expected {expected_kind}")
+        return header, payload
+
+    def send_array(self, arr: np.ndarray) -> None:
+        """Send one numpy array (uint64, int64, uint8 or float64)."""
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.str not in ALLOWED_DTYPES:
+            raise TypeError(f"cannot send arrays of dtype {arr.dtype}")
+        self._send(KIND_ARRAY, _array_header(arr), memoryview(arr.reshape(-1)).cast("B"))
+
+    def recv_array(self) -> np.ndarray:
+        """Receive one numpy array (writable, owned by the caller)."""
+        header, payload = self._recv(KIND_ARRAY)
+        return _parse_array(header, payload)
+
+    def send_bytes(self, data: bytes) -> None:
+        """Send raw bytes."""
+        self._send(KIND_BYTES, b"", memoryview(data))
+
+    def recv_bytes(self) -> bytes:
+        """Receive raw bytes."""
+        return bytes(self._recv(KIND_BYTES)[1])
+
+    def exchange(self, arr: np.ndarray) -> np.ndarray:
+        """Send ``arr`` and receive the peer's array of the same round (one round; ordered to avoid deadlock)."""
+        self.stats.rounds += 1
+        if self.send_first:
+            self.send_array(arr)
+            return self.recv_array()
+        theirs = self.recv_array()
+        self.send_array(arr)
+        return theirs
+
+    def abort(self, reason: str) -> None:
+        """Tell the peer why this side stops (best effort), then close."""
+        if self._closed:
+            return
+        try:
+            self._send_frame(KIND_ABORT, b"", memoryview(reason.encode()))
+        except (OSError, TransportError, ValueError):
+            pass
+        self._closed = True
+        self._close_transport()
+
+    def close(self) -> None:
+        """Close cleanly (the peer's next receive raises PeerDisconnected)."""
+        if self._closed:
+            return
+        try:
+            self._send_frame(KIND_CLOSE, b"", memoryview(b""))
+        except (OSError, TransportError, ValueError):
+            pass
+        self._closed = True
+        self._close_transport()
+
+
+class InProcessChannel(Channel):
+    """Channel end backed by two thread-safe queues; use `in_process_pair` to make both ends."""
+
+    def __init__(self, peer_name: str, send_first: bool, outbox: queue.Queue, inbox: queue.Queue,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(peer_name, send_first, timeout_s)
+        self._outbox, self._inbox = outbox, inbox
+
+    def _send_frame(self, kind: int, header: bytes, payload: memoryview) -> None:
+        self._outbox.put((kind, header, bytes(payload)))
+
+    def _recv_frame(self) -> tuple[int, bytes, bytes | bytearray]:
+        try:
+            kind, header, payload = self._inbox.get(timeout=self.timeout_s)
+        except queue.Empty:
+            raise TransportTimeout(f"nothing from {self.peer_name} within {self.timeout_s:g} s") from None
+        return kind, header, bytearray(payload) if kind == KIND_ARRAY else payload
+
+    def _close_transport(self) -> None:
+        pass
+
+
+def in_process_pair(name_a: str, name_b: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[Channel, Channel]:
+    """Two connected channel ends: the first (held by ``name_a``) talks to ``name_b``; ``name_a`` sends first."""
+    a_to_b: queue.Queue = queue.Queue()
+    b_to_a: queue.Queue = queue.Queue()
+    end_a = InProcessChannel(name_b, True, a_to_b, b_to_a, timeout_s)
+    end_b = InProcessChannel(name_a, False, b_to_a, a_to_b, timeout_s)
+    return end_a, end_b
+
+
+class SocketChannel(Channel):
+    """Channel end over a connected (TLS) socket."""
+
+    def __init__(self, sock: socket.socket, peer_name: str, send_first: bool,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(peer_name, send_first, timeout_s)
+        self._sock = sock
+        sock.settimeout(timeout_s)
+
+    def _send_frame(self, kind: int, header: bytes, payload: memoryview) -> None:
+        try:
+            self._sock.sendall(PREFIX.pack(kind, len(header), payload.nbytes) + header)
+            if payload.nbytes:
+                self._sock.sendall(payload)
+        except TimeoutError:
+            raise TransportTimeout(f"could not send to {self.peer_name} within {self.timeout_s:g} s") from None
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            raise PeerDisconnected(f"connection to {self.peer_name} lost while sending: {exc}") from None
+
+    def _recv_exact(self, count: int) -> bytearray:
+        buf = bytearray(count)
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < count:
+                n = self._sock.recv_into(view[got:], min(count - got, 1 << 24))
+                if n == 0:
+                    raise PeerDisconnected(f"{self.peer_name} closed the connection (process ended?)")
+                got += n
+        except TimeoutError:
+            raise TransportTimeout(f"nothing from {self.peer_name} within {self.timeout_s:g} s") from None
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            raise PeerDisconnected(f"connection to {self.peer_name} lost: {exc}") from None
+        return buf
+
+    def _recv_frame(self) -> tuple[int, bytes, bytes | bytearray]:
+        kind, header_len, payload_len = PREFIX.unpack(self._recv_exact(PREFIX.size))
+        if header_len > MAX_HEADER or payload_len > MAX_PAYLOAD or kind not in (1, 2, 3, 4):
+            raise TransportError(f"malformed frame from {self.peer_name}")
+        header = bytes(self._recv_exact(header_len))
+        return kind, header, self._recv_exact(payload_len)
+
+    def _close_transport(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def tls_context(certs: CertPaths, server: bool) -> ssl.SSLContext:
+    """TLS 1.3-only context presenting ``certs`` and requiring a peer certificate from the same CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(str(certs.cert), str(certs.key))
+    ctx.load_verify_locations(str(certs.ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _peer_common_name(sock: ssl.SSLSocket) -> str:
+    cert = sock.getpeercert() or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
+class TlsListener:
+    """A listening TLS endpoint that accepts authenticated peers one at a time."""
+
+    def __init__(self, host: str, port: int, certs: CertPaths) -> None:
+        self._ctx = tls_context(certs, server=True)
+        self._sock = socket.create_server((host, port))
+        self.port: int = self._sock.getsockname()[1]
+
+    def accept(self, allowed_peers: set[str], send_first: bool, timeout_s: float = DEFAULT_TIMEOUT_S) -> Channel:
+        """Wait for a peer whose certificate names one of ``allowed_peers``; return its channel."""
+        self._sock.settimeout(timeout_s)
+        try:
+            raw, _addr = self._sock.accept()
+        except TimeoutError:
+            raise TransportTimeout(f"no peer among {sorted(allowed_peers)} connected within {timeout_s:g} s") from None
+        raw.settimeout(timeout_s)
+        try:
+            tls = self._ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise TransportError(f"TLS handshake with an incoming peer failed: {exc}") from None
+        name = _peer_common_name(tls)
+        if name not in allowed_peers:
+            tls.close()
+            raise TransportError(f"peer certificate names {name!r}, expected one of {sorted(allowed_peers)}")
+        return SocketChannel(tls, name, send_first, timeout_s)
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._sock.close()
+
+
+def connect_tls(host: str, port: int, certs: CertPaths, expected_peer: str, send_first: bool,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> Channel:
+    """Connect to ``host:port`` (retrying until the timeout while it is not up yet) and authenticate both ends."""
+    ctx = tls_context(certs, server=False)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            raw = socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic()))
+            break
+        except (ConnectionRefusedError, TimeoutError, OSError) as exc:
+            if time.monotonic() >= deadline:
+                raise TransportTimeout(f"could not connect to {expected_peer} at {host}:{port}: {exc}") from None
+            time.sleep(0.05)
+    try:
+        tls = ctx.wrap_socket(raw, server_hostname=host)
+    except (ssl.SSLError, OSError) as exc:
+        raw.close()
+        raise TransportError(f"TLS handshake with {expected_peer} at {host}:{port} failed: {exc}") from None
+    name = _peer_common_name(tls)
+    if name != expected_peer:
+        tls.close()
+        raise TransportError(f"peer at {host}:{port} presented a certificate for {name!r}, expected {expected_peer!r}")
+    return SocketChannel(tls, name, send_first, timeout_s)
