@@ -71,7 +71,7 @@ def bench_model(trees: int, x: np.ndarray, y: np.ndarray, queries: int, scheme: 
         from privboost.inference.keys import UserKeys
 
         user = UserKeys.load(Path(tmp) / "keys")
-        predict_encrypted(user, q[:10])  # warm the server's model cache
+        predict_encrypted(user, q[:200])  # warm the server: model cache, worker processes
         start = time.perf_counter()
         got = predict_encrypted(user, q, batch_size=queries)
         batch_qps = queries / (time.perf_counter() - start)

@@ -48,6 +48,8 @@ def server(
         envvar="PRIVBOOST_REGISTRATION_SECRET", help="only callers presenting this secret may register users")] = None,
     max_batch: Annotated[int, typer.Option(help="largest accepted batch of queries")] = 10_000,
     max_body_mb: Annotated[int, typer.Option(help="largest accepted request body, MB")] = 64,
+    workers: Annotated[int, typer.Option(help="processes for the Paillier work of large batches "
+                                              "(default: one per core)")] = 0,
 ) -> None:
     """Serve encrypted predictions until stopped (the untrusted server)."""
     from privboost.inference.server import serve
@@ -57,8 +59,10 @@ def server(
     if certfile is None and host not in ("127.0.0.1", "localhost", "::1"):
         err.print("[yellow]warning:[/] serving plain HTTP beyond loopback: tokens would cross the network in clear;"
                   " pass --certfile/--keyfile")
+    import os
+
     serve(str(db), host, port, str(certfile) if certfile else None, str(keyfile) if keyfile else None,
-          registration_secret, max_body_mb * 1024 * 1024, max_batch)
+          registration_secret, max_body_mb * 1024 * 1024, max_batch, workers or os.cpu_count() or 1)
 
 
 @proxy_app.command("setup")

@@ -80,7 +80,10 @@ class CompiledModel:
 
     def evaluate(self, values: np.ndarray, missing: np.ndarray) -> PackedScores:
         """Encrypted scores for a batch of encrypted queries (values already in model feature order)."""
-        leaves = self.reached_leaves(values, missing)
+        return self.scores_of_leaves(self.reached_leaves(values, missing))
+
+    def scores_of_leaves(self, leaves: np.ndarray) -> PackedScores:
+        """Homomorphic sums of the reached leaves (Q, T) per output, packed (the Paillier-heavy part)."""
         scores = []
         for row in leaves:
             for trees in self.trees_of_output:

@@ -177,6 +177,8 @@ def _need(arrays: dict[str, np.ndarray], name: str, dtype: type) -> np.ndarray:
     if name not in arrays:
         raise EncryptedModelError(f"model archive lacks {name!r}")
     arr = arrays[name]
+    if not isinstance(arr, np.ndarray):  # np.load hands back raw bytes for a zip member that is not .npy
+        raise EncryptedModelError(f"{name} is not a numpy array")
     if arr.dtype != np.dtype(dtype):
         raise EncryptedModelError(f"{name} must be {np.dtype(dtype).name}, got {arr.dtype}")
     return arr

@@ -20,6 +20,8 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -36,6 +38,7 @@ from privboost.inference.format import (
     encode_array,
     value_shape,
 )
+from privboost.inference.parallel import ParallelScorer
 from privboost.inference.store import Store, UserExistsError
 
 log = logging.getLogger("privboost.server")
@@ -99,15 +102,24 @@ async def _reject(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass
+class CachedModel:
+    """A stored model ready for evaluation, with the key and bytes worker processes need."""
+
+    key: tuple[str, str, int]
+    blob: bytes
+    compiled: CompiledModel
+
+
 class ModelCache:
     """Compiled models by (user, model id, version); least recently used evicted."""
 
     def __init__(self, size: int = 16) -> None:
-        self._items: OrderedDict[tuple[str, str, int], CompiledModel] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, int], CachedModel] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def get(self, store: Store, user: str, model_id: str) -> CompiledModel:
+    def get(self, store: Store, user: str, model_id: str) -> CachedModel:
         version = store.model_version(user, model_id)
         if version is None:
             raise HTTPException(404, f"user {user!r} has no model {model_id!r}")
@@ -119,26 +131,37 @@ class ModelCache:
         found = store.get_model(user, model_id)
         if found is None:
             raise HTTPException(404, f"user {user!r} has no model {model_id!r}")
-        compiled = CompiledModel(EncryptedModel.from_bytes(found[0]))
+        entry = CachedModel((user, model_id, found[1]), found[0], CompiledModel(EncryptedModel.from_bytes(found[0])))
         with self._lock:
-            self._items[(user, model_id, found[1])] = compiled
+            self._items[entry.key] = entry
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-        return compiled
+        return entry
 
 
 def create_app(db_path: str, registration_secret: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_batch: int = DEFAULT_MAX_BATCH) -> FastAPI:
-    """The server application over the SQLite database at ``db_path``."""
+               max_batch: int = DEFAULT_MAX_BATCH, workers: int = 1) -> FastAPI:
+    """The server application over the SQLite database at ``db_path``.
+
+    ``workers`` > 1 spreads the Paillier work of large batches over that many worker processes.
+    """
     store = Store(db_path)
     cache = ModelCache()
-    app = FastAPI(title="privboost encrypted prediction server", version="1",
+    scorer = ParallelScorer(workers)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        scorer.close()
+        store.close()
+
+    app = FastAPI(title="privboost encrypted prediction server", version="1", lifespan=lifespan,
                   description="Untrusted server: evaluates encrypted queries on encrypted XGBoost models.")
     app.state.store = store
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     def check_name(value: str, what: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not NAME_PATTERN.fullmatch(value):  # not match: "$" would accept a trailing newline
             raise HTTPException(422, f"invalid {what}: use 1-64 letters, digits, '_', '.', '@' or '-'")
         return value
 
@@ -208,8 +231,8 @@ def create_app(db_path: str, registration_secret: str | None = None, max_body_by
     @app.post("/v1/users/{user}/models/{model_id}/predict")
     def predict(model_id: str, query: EncryptedQuery, user: Annotated[str, Depends(authorised)]) -> dict:
         """Evaluate a batch of encrypted queries; returns packed Paillier ciphertexts of the scores."""
-        compiled = cache.get(store, user, check_name(model_id, "model id"))
-        model = compiled.model
+        cached = cache.get(store, user, check_name(model_id, "model id"))
+        model = cached.compiled.model
         if query.count > max_batch:
             raise HTTPException(413, f"batch of {query.count} queries exceeds the limit of {max_batch}")
         if query.key_id != model.key_id:
@@ -234,7 +257,8 @@ def create_app(db_path: str, registration_secret: str | None = None, max_body_by
         if problem:
             raise HTTPException(422, f"query {problem}")
         missing = np.unpackbits(packed, count=n_cells).astype(bool).reshape(query.count, len(model.features))
-        result = compiled.evaluate(values[:, order], missing[:, order])
+        leaves = cached.compiled.reached_leaves(values[:, order], missing[:, order])
+        result = scorer.scores(cached.key, cached.blob, cached.compiled, leaves)
         width = (2 * model.paillier_n.bit_length() + 7) // 8
         raw = np.frombuffer(b"".join(c.to_bytes(width, "big") for c in result.ciphertexts), dtype=np.uint8)
         return {"count": query.count, "outputs": model.num_outputs, "slots": result.slots,
@@ -245,10 +269,11 @@ def create_app(db_path: str, registration_secret: str | None = None, max_body_by
 
 def serve(db_path: str, host: str = "127.0.0.1", port: int = 8000, certfile: str | None = None,
           keyfile: str | None = None, registration_secret: str | None = None,
-          max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH, log_level: str = "info") -> None:
+          max_body_bytes: int = DEFAULT_MAX_BODY, max_batch: int = DEFAULT_MAX_BATCH, workers: int = 1,
+          log_level: str = "info") -> None:
     """Run the server until stopped (HTTPS when a certificate and key are given)."""
     import uvicorn
 
-    app = create_app(db_path, registration_secret, max_body_bytes, max_batch)
+    app = create_app(db_path, registration_secret, max_body_bytes, max_batch, workers)
     uvicorn.run(app, host=host, port=port, ssl_certfile=certfile, ssl_keyfile=keyfile, log_level=log_level,
                 timeout_graceful_shutdown=5)
