@@ -1,40 +1,35 @@
 """numba kernels for exact matrix products modulo 2^64 (uint64 multiply-add wraps in LLVM as in the ring).
 
-numpy's ``uint64 @`` has no BLAS path and is ~50x slower; these `prange` kernels parallelise over output rows.
+numpy's ``uint64 @`` has no BLAS path and is ~50x slower; these `prange` kernels parallelise over row chunks
+(A^T·B: one partial m×k sum per thread, A read row by row) or output rows (A·B).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from privboost.mpc.ring import DTYPE
 
-_BLOCK = 64
-
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def _tn_accumulate(a1, b1, a2, b2, out):  # pragma: no cover - compiled
-    rows, cols = a1.shape
-    width = b1.shape[1]
-    n_blocks = (cols + _BLOCK - 1) // _BLOCK
-    for blk in prange(n_blocks):
-        j0 = blk * _BLOCK
-        j1 = min(cols, j0 + _BLOCK)
-        acc = np.zeros((j1 - j0, width), dtype=np.uint64)
-        for i in range(rows):
-            for j in range(j0, j1):
-                x = a1[i, j]
+def _tn_partial(a, b, parts):  # pragma: no cover - compiled
+    # parts[t] accumulates A[rows of chunk t]^T B[rows of chunk t]; A is read row by row (contiguous).
+    rows, cols = a.shape
+    width = b.shape[1]
+    n_parts = parts.shape[0]
+    chunk = (rows + n_parts - 1) // n_parts
+    for t in prange(n_parts):
+        part = parts[t]
+        for i in range(t * chunk, min(rows, (t + 1) * chunk)):
+            b_row = b[i]
+            a_row = a[i]
+            for j in range(cols):
+                x = a_row[j]
+                acc = part[j]
                 for c in range(width):
-                    acc[j - j0, c] += x * b1[i, c]
-        for i in range(a2.shape[0]):
-            for j in range(j0, j1):
-                x = a2[i, j]
-                for c in range(width):
-                    acc[j - j0, c] += x * b2[i, c]
-        for j in range(j0, j1):
-            for c in range(width):
-                out[j, c] = acc[j - j0, c]
+                    acc[c] += x * b_row[c]
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
@@ -66,9 +61,11 @@ def matmul_tn(a: np.ndarray, b: np.ndarray, a2: np.ndarray | None = None, b2: np
     a2, b2 = _as_matrix(a2), _as_matrix(b2)
     if a2.shape[1] != a.shape[1] or b2.shape[1] != b.shape[1] or a2.shape[0] != b2.shape[0]:
         raise ValueError("second product's shapes do not match the first")
-    out = np.empty((a.shape[1], b.shape[1]), DTYPE)
-    _tn_accumulate(a, b, a2, b2, out)
-    return out
+    parts = np.zeros((max(1, numba.get_num_threads()), a.shape[1], b.shape[1]), DTYPE)
+    _tn_partial(a, b, parts)
+    if a2.shape[0]:
+        _tn_partial(a2, b2, parts)
+    return parts.sum(axis=0, dtype=DTYPE)
 
 
 def matmul_nn(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""Secret-shared shuffles and applying a secret-shared permutation to shared vectors.
+
+Constructions:
+  * `new_shuffle` / `shuffle` / `unshuffle`: the secret-shared shuffle of Chase, Ghosh & Poburinnaya ("Secret-shared
+    shuffle", ASIACRYPT 2020): the shuffle is pi = pi_0 then pi_1, where party p alone knows pi_p. Each of the two
+    steps is a *permute-and-reshare*: the helper sends its share masked by a one-time pad ``a`` to the permuter, who
+    permutes the sum and adds ``delta = a[P] + b``; the helper's new share is ``-b``. CGP obtain (a, b, delta) by a
+    share-translation protocol; we take them from the trusted dealer instead, as XORBoost does (Deforth et al.,
+    PoPETs 2022). Every application uses fresh masks, so one shuffle may be applied to any number of vectors.
+  * `SharedPermutation`: applying a permutation sigma that is itself secret-shared (e.g. the order that sorts a
+    feature) by the shuffle-then-reveal method (as in Hamada et al., ICISC 2012, and XORBoost's sort-once
+    histograms): shuffle sigma's destination indices with a fresh shuffle pi, open sigma∘pi (a uniformly random
+    permutation, independent of sigma, because no party knows pi), and afterwards apply sigma to any shared vector
+    by shuffling it with pi and scattering it locally by the opened indices.
+
+Leakage: each permute step sends ``x_h - a`` with ``a`` a fresh uniform mask (uniform to the permuter). The opened
+sigma∘pi is a uniform random permutation to each party. The dealer knows pi_0, pi_1 and all masks (it must not
+collude with a party). Traffic per application to an n×k array: each party sends n·k words once (one per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from privboost.mpc.dealer import inverse_permutation
+from privboost.mpc.ring import DTYPE
+from privboost.mpc.runtime import Party
+
+
+@dataclass
+class Shuffle:
+    """A secret shuffle of ``size`` rows: this party's own permutation ``own`` and the dealer's ``handle``."""
+
+    handle: int
+    own: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Number of rows the shuffle permutes."""
+        return int(self.own.size)
+
+
+def new_shuffle(party: Party, size: int) -> Shuffle:
+    """A fresh secret shuffle of ``size`` rows (no communication between the parties)."""
+    if size < 1:
+        raise ValueError("a shuffle needs at least one row")
+    handle, own = party.correlations.permutation(size)
+    return Shuffle(handle, own)
+
+
+def _permute_step(party: Party, sh: Shuffle, step: int, inverse: bool, x: np.ndarray) -> np.ndarray:
+    masks = party.correlations.permute_masks(sh.handle, step, inverse, x.shape)
+    if party.party_id == step:  # the permuter
+        perm = inverse_permutation(sh.own) if inverse else sh.own
+        return (x + party.peer.recv_array())[perm] + masks["delta"]
+    party.peer.send_array(x - masks["a"])
+    return -masks["b"]
+
+
+def shuffle(party: Party, sh: Shuffle, x: np.ndarray) -> np.ndarray:
+    """Shares of ``x[pi_0][pi_1]`` (rows gathered by both secret permutations, along axis 0)."""
+    x = np.ascontiguousarray(x, dtype=DTYPE)
+    if x.shape[:1] != (sh.size,):
+        raise ValueError(f"the shuffle permutes {sh.size} rows, the array has shape {x.shape}")
+    return _permute_step(party, sh, 1, False, _permute_step(party, sh, 0, False, x))
+
+
+def unshuffle(party: Party, sh: Shuffle, x: np.ndarray) -> np.ndarray:
+    """Shares of the inverse shuffle of ``x``: ``unshuffle(shuffle(x)) == x``."""
+    x = np.ascontiguousarray(x, dtype=DTYPE)
+    if x.shape[:1] != (sh.size,):
+        raise ValueError(f"the shuffle permutes {sh.size} rows, the array has shape {x.shape}")
+    return _permute_step(party, sh, 0, True, _permute_step(party, sh, 1, True, x))
+
+
+@dataclass
+class SharedPermutation:
+    """A secret permutation sigma prepared for repeated application (see `prepare_permutation`).
+
+    ``revealed`` is sigma∘pi (uniformly random, public to both parties); ``shuffle`` is pi.
+    """
+
+    shuffle: Shuffle
+    revealed: np.ndarray
+
+    def apply(self, party: Party, x: np.ndarray) -> np.ndarray:
+        """Shares of y with ``y[sigma[i]] = x[i]`` (x's rows moved to their destinations); one exchange per step."""
+        moved = shuffle(party, self.shuffle, x)
+        out = np.empty_like(moved)
+        out[self.revealed] = moved
+        return out
+
+    def unapply(self, party: Party, y: np.ndarray) -> np.ndarray:
+        """Inverse of `apply`: shares of x with ``x[i] = y[sigma[i]]``."""
+        y = np.ascontiguousarray(y, dtype=DTYPE)
+        return unshuffle(party, self.shuffle, y[self.revealed])
+
+
+def prepare_permutation(party: Party, destinations: np.ndarray) -> SharedPermutation:
+    """Prepare the secret permutation whose shared ``destinations[i]`` is where row i goes (values 0..n-1).
+
+    Opens sigma∘pi for a fresh shuffle pi; raises ValueError if the shared values are not a permutation.
+    """
+    destinations = np.asarray(destinations, DTYPE)
+    if destinations.ndim != 1:
+        raise ValueError("destinations must be a 1-D shared vector")
+    sh = new_shuffle(party, destinations.size)
+    revealed = party.open(shuffle(party, sh, destinations)).astype(np.int64)
+    if not np.array_equal(np.sort(revealed), np.arange(destinations.size)):
+        raise ValueError("the shared destinations are not a permutation of 0..n-1")
+    return SharedPermutation(sh, revealed)
