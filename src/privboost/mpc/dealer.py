@@ -13,6 +13,7 @@ Correlations (party p's view; every array uniform on its own):
   matmul_triple(n, m, k)     U, V, W with W = U·V            matrix triples (SecureML, Mohassel-Zhang S&P 2017)
   fixed_mask(n, m)           U, the mask of a fixed operand X whose opening E = X - U is reused; then per product
   fixed_product(h, k)        V (fresh), W with W = U^T·V     (SecureML's reused-mask matrix triples)
+  fixed_product_nn(h, k)     V (fresh, m×k), W with W = U·V  (the same, for products X·Z)
   trunc_pairs(shape, bits)   r, r >> bits, r >> 63           truncation pairs with the top bit (Escudero et al.,
                                                              CRYPTO 2020; Dalskov-Escudero-Keller, PETS 2020)
   random_bits(shape)         r as XOR bit and as ring element (bit injection / B2A)
@@ -75,6 +76,10 @@ class CorrelationProvider(ABC):
     @abstractmethod
     def fixed_product(self, handle: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Shares of a fresh V (n×k) and of W = U^T·V (m×k) for the fixed mask ``handle``."""
+
+    @abstractmethod
+    def fixed_product_nn(self, handle: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shares of a fresh V (m×k) and of W = U·V (n×k) for the fixed mask ``handle``."""
 
     @abstractmethod
     def trunc_pairs(self, shape: Shape, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,6 +175,17 @@ def _correct_fixed_product(v0: list, v1: list, params: dict, state: dict) -> lis
     return [matmul_tn(mask, v0[0] + v1[0]) - v0[1]]
 
 
+def _draw_fixed_product_nn(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
+    n, m, k = params["n"], params["m"], params["k"]
+    parts = [prg.words((m, k))]
+    return parts + [prg.words((n, k))] if party == 0 else parts
+
+
+def _correct_fixed_product_nn(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
+    mask = state[("fixed", params["handle"])]
+    return [matmul_nn(mask, v0[0] + v1[0]) - v0[1]]
+
+
 def _finish_pair(party: int, view: list, corr: list, params: dict):
     return (view[0], view[1]) if party == 0 else (view[0], corr[0])
 
@@ -255,6 +271,7 @@ KINDS: dict[str, _Kind] = {
     "matmul": _Kind(_draw_matmul, _correct_matmul, _finish_triple, 1),
     "fixed_mask": _Kind(_draw_fixed_mask, _correct_fixed_mask, _finish_fixed_mask, 0),
     "fixed_product": _Kind(_draw_fixed_product, _correct_fixed_product, _finish_pair, 1),
+    "fixed_product_nn": _Kind(_draw_fixed_product_nn, _correct_fixed_product_nn, _finish_pair, 1),
     "trunc": _Kind(_draw_trunc, _correct_trunc, _finish_trunc, 2),
     "bits": _Kind(_draw_bits, _correct_bits, _finish_pair, 1),
     "word_bits": _Kind(_draw_word_bits, _correct_word_bits, _finish_pair, 1),
@@ -330,6 +347,11 @@ class DealerClient(CorrelationProvider):
         """See CorrelationProvider.fixed_product."""
         n, m = self._fixed_shapes[handle]
         return self._get("fixed_product", {"n": n, "m": m, "k": k, "handle": handle})
+
+    def fixed_product_nn(self, handle: int, k: int):
+        """See CorrelationProvider.fixed_product_nn."""
+        n, m = self._fixed_shapes[handle]
+        return self._get("fixed_product_nn", {"n": n, "m": m, "k": k, "handle": handle})
 
     def trunc_pairs(self, shape: Shape, bits: int):
         """See CorrelationProvider.trunc_pairs."""

@@ -151,3 +151,16 @@ def matmul_fixed_t(party: Party, fixed: FixedOperand, y: np.ndarray) -> np.ndarr
     v, w = party.correlations.fixed_product(fixed.handle, y.shape[1])
     f = party.open(y - v)
     return matmul_tn(fixed.left, f, fixed.opened, v) + w
+
+
+def matmul_fixed(party: Party, fixed: FixedOperand, z: np.ndarray) -> np.ndarray:
+    """Share of X·Z (n×k) for the fixed operand X (n×m) and a shared Z (m×k); opens only Z - V (one round).
+
+    The same reused-mask construction as `matmul_fixed_t`: X·Z = sum_p (left_p·F + E·V_p + W_p), W = U·V.
+    """
+    z = np.asarray(z, DTYPE)
+    if z.ndim != 2 or z.shape[0] != fixed.shape[1]:
+        raise ValueError(f"right operand must have {fixed.shape[1]} rows, got shape {z.shape}")
+    v, w = party.correlations.fixed_product_nn(fixed.handle, z.shape[1])
+    f = party.open(z - v)
+    return matmul_nn(fixed.left, f) + matmul_nn(fixed.opened, v) + w
