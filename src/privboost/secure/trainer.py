@@ -1,0 +1,252 @@
+"""Oblivious XGBoost training on secret shares (XORBoost-style), run identically by both compute parties.
+
+The trainer is a program over `privboost.mpc` (2 semi-honest parties + trusted dealer). It implements XGBoost's
+second-order boosting (Chen & Guestrin, KDD 2016) with ``hist`` bins, depth-wise, on shares only, following the
+structure of XORBoost (Deforth et al., PoPETs 2022):
+
+* histograms: the binned data is a one-hot matrix X (n × F·B), shared once; its masked opening is reused for every
+  histogram product X^T·[g ⊙ m, h ⊙ m] (SecureML's reused-mask matrix triples; `protocols.arithmetic`). Only left
+  children are built; right children are parent − left (histogram subtraction), so which child is smaller is never
+  needed (it would be data-dependent);
+* gains G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ) for every (node, feature, bin) from local prefix sums, secure
+  division (Catrina–Saxena reciprocal), candidates with a child hessian below ``min_child_weight`` masked out;
+* the best split per node by a tree of comparisons (argmax → shared one-hot); a node splits only if its gain
+  exceeds ``gamma`` (and its parent split), otherwise all its samples stay on the left path;
+* routing without revealing any path: every sample's shared node-membership vector is updated with
+  go_left = X·Z where Z is the (suffix-summed) one-hot of the chosen split (the same reused mask);
+* leaf weights −G/(H+λ)·η by secure division, prediction update by shared membership × shared weights, and for
+  ``binary:logistic`` the gradients from a secure sigmoid (`protocols.fixedpoint`).
+
+Every message size depends only on public sizes (n, F, B, depth, trees), never on the data.
+
+Leakage: to the compute parties nothing (all opened values are uniformly masked); to the dealer nothing; to the
+analyst, the finished trees (split features, thresholds, leaf weights, which nodes are leaves), as XGBoost's model.
+Public: n, the number of features and bins, the parameters, and a public bound on |gradient| used to scale.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from privboost.mpc.protocols.argmax import argmax
+from privboost.mpc.protocols.arithmetic import (
+    add_public,
+    matmul_fixed,
+    matmul_fixed_t,
+    mul,
+    share_fixed_operand,
+    truncate,
+)
+from privboost.mpc.protocols.compare import ltz
+from privboost.mpc.protocols.fixedpoint import divide, sigmoid
+from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
+from privboost.mpc.runtime import Party
+
+OBJECTIVES = ("binary:logistic", "reg:squarederror")
+_MASKED_GAIN = -(1 << 60)  # below any real (scaled) gain, above the argmax padding
+
+
+class TrainingError(ValueError):
+    """Parameters or sizes that secure training cannot handle (says which and what to change)."""
+
+
+@dataclass(frozen=True)
+class SecureParams:
+    """XGBoost parameters of a secure training job (names as in ``xgboost.train``)."""
+
+    objective: str = "binary:logistic"
+    n_estimators: int = 10
+    max_depth: int = 4
+    learning_rate: float = 0.3
+    reg_lambda: float = 1.0
+    gamma: float = 0.0
+    min_child_weight: float = 1.0
+    base_score: float = 0.5
+    gradient_bound: float = 1.0  # public bound on |g| (1 for logistic; for regression from the label range)
+
+    def check(self) -> None:
+        """Raise `TrainingError` on parameters outside what the trainer supports."""
+        if self.objective not in OBJECTIVES:
+            raise TrainingError(f"objective {self.objective!r} is not supported; use one of {OBJECTIVES}")
+        if not 1 <= self.max_depth <= 10:
+            raise TrainingError("max_depth must be between 1 and 10")
+        if self.n_estimators < 1 or self.learning_rate <= 0 or self.reg_lambda <= 0:
+            raise TrainingError("need n_estimators >= 1, learning_rate > 0 and reg_lambda > 0")
+        if self.gamma < 0 or self.min_child_weight < 0 or self.gradient_bound <= 0:
+            raise TrainingError("gamma and min_child_weight must be >= 0, gradient_bound > 0")
+        if self.objective == "binary:logistic" and not 0 < self.base_score < 1:
+            raise TrainingError("base_score must be in (0, 1) for binary:logistic")
+
+    @property
+    def base_margin(self) -> float:
+        """The starting margin: logit(base_score) for logistic, base_score for regression."""
+        if self.objective == "binary:logistic":
+            return math.log(self.base_score / (1 - self.base_score))
+        return self.base_score
+
+
+@dataclass
+class SharedData:
+    """One party's shares of the training data, as the owners dealt them."""
+
+    onehot: np.ndarray  # n × F·B, 0/1 (integers, not fixed point)
+    labels: np.ndarray  # n, fixed point
+    thresholds: np.ndarray  # F·B, float32 bit patterns of the candidate thresholds
+    n_features: int
+    n_bins: int
+
+
+@dataclass
+class TreeShares:
+    """One party's shares of one finished tree (to be revealed to the analyst only)."""
+
+    split: list[np.ndarray] = field(default_factory=list)  # per level: 0/1 per node
+    feature: list[np.ndarray] = field(default_factory=list)  # per level: feature index per node
+    threshold: list[np.ndarray] = field(default_factory=list)  # per level: float32 bits per node
+    leaves: np.ndarray | None = None  # 2^depth leaf weights, fixed point
+
+
+@dataclass
+class Scaling:
+    """Public fixed-point scaling chosen from public sizes so that no intermediate value overflows."""
+
+    gain_shift: int  # gains are computed as (G · 2^-shift) · G/(H+λ)
+    division_extra_bits: int
+
+    @classmethod
+    def choose(cls, n: int, params: SecureParams, frac_bits: int) -> Scaling:
+        """Shifts for n samples at ``frac_bits``; raises TrainingError if no choice fits the ring."""
+        g_bits = math.log2(max(n * params.gradient_bound, 1.0))  # |G| <= n·bound
+        q_bits = g_bits - min(0.0, math.log2(params.reg_lambda))  # |G/(H+λ)| <= n·bound/λ
+        extra = min(8, 62 - 2 * frac_bits - math.ceil(q_bits) - 1)
+        if extra < 0:
+            raise TrainingError(f"{frac_bits} fractional bits leave no room for {n} samples with gradient bound "
+                                f"{params.gradient_bound}; use fewer fractional bits")
+        shift = max(0, math.ceil(g_bits + q_bits + 2 * frac_bits - 60))
+        return cls(shift, extra)
+
+
+Progress = Callable[[dict], None]
+
+
+def _cumulative_bins(hist: np.ndarray) -> np.ndarray:
+    return np.cumsum(hist, axis=-1, dtype=DTYPE)
+
+
+def train(party: Party, data: SharedData, params: SecureParams, progress: Progress | None = None) -> list[TreeShares]:
+    """Train ``params.n_estimators`` trees on shares; returns this party's shares of every tree."""
+    params.check()
+    f = party.frac_bits
+    n, m = data.onehot.shape
+    if m != data.n_features * data.n_bins or data.labels.shape != (n,) or data.thresholds.shape != (m,):
+        raise TrainingError("shared data shapes do not agree with n_features × n_bins")
+    scaling = Scaling.choose(n, params, f)
+    one = ring_constant(1 << f)
+    started = time.perf_counter()
+    fixed = share_fixed_operand(party, data.onehot)  # the one-off opening of X - U
+    feature_of_column = np.repeat(np.arange(data.n_features, dtype=np.uint64), data.n_bins)
+    first_feature = party.public((feature_of_column == 0).astype(np.uint64))  # X·this = 1 for every sample
+    margin = party.public(np.full(n, encode_fixed(params.base_margin, f), DTYPE))
+    trees = []
+    for tree_index in range(params.n_estimators):
+        if params.objective == "binary:logistic":
+            p = sigmoid(party, margin)
+            g = p - data.labels
+            h = truncate(party, mul(party, p, add_public(party, -p, one)))
+        else:
+            g = margin - data.labels
+            h = party.public(np.full(n, one, DTYPE))
+        shares = TreeShares()
+        membership = party.public(np.ones((n, 1), DTYPE))
+        parent_ok = party.public(np.ones(1, DTYPE))
+        hist_g = hist_h = None
+        for level in range(params.max_depth):
+            hist_g, hist_h = _level_histograms(party, fixed, g, h, membership, hist_g, hist_h, data)
+            ok, selection, feature, threshold = _best_splits(party, hist_g, hist_h, parent_ok, data, params,
+                                                             scaling, feature_of_column)
+            shares.split.append(ok)
+            shares.feature.append(feature)
+            shares.threshold.append(threshold)
+            membership = _route(party, fixed, membership, selection, ok, first_feature, data)
+            parent_ok = np.repeat(ok, 2)
+            if progress:
+                progress({"tree": tree_index + 1, "trees": params.n_estimators, "level": level + 1,
+                          "depth": params.max_depth, "elapsed_s": time.perf_counter() - started,
+                          "bytes_sent": party.peer.stats.bytes_sent})
+        leaf_g = mul(party, membership, g[:, None]).sum(axis=0, dtype=DTYPE)
+        leaf_h = mul(party, membership, h[:, None]).sum(axis=0, dtype=DTYPE)
+        weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
+                        extra_bits=scaling.division_extra_bits)
+        weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
+        shares.leaves = weight
+        margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1, dtype=DTYPE)
+        trees.append(shares)
+    return trees
+
+
+def _level_histograms(party: Party, fixed, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
+                      parent_g: np.ndarray | None, parent_h: np.ndarray | None,
+                      data: SharedData) -> tuple[np.ndarray, np.ndarray]:
+    """(G, H) histograms (nodes × F × B) of this level's nodes: left children built, right = parent − left."""
+    shape = (data.n_features, data.n_bins)
+    if parent_g is None:
+        hist = matmul_fixed_t(party, fixed, np.stack([g, h], axis=1))
+        return hist[:, 0].reshape(1, *shape), hist[:, 1].reshape(1, *shape)
+    left = membership[:, 0::2]
+    k = left.shape[1]
+    weighted = mul(party, np.concatenate([left, left], axis=1),
+                   np.concatenate([np.repeat(g[:, None], k, 1), np.repeat(h[:, None], k, 1)], axis=1))
+    hist = matmul_fixed_t(party, fixed, weighted)  # (F·B) × 2k
+    left_g, left_h = hist[:, :k].T.reshape(k, *shape), hist[:, k:].T.reshape(k, *shape)
+    out_g = np.stack([left_g, parent_g - left_g], axis=1).reshape(2 * k, *shape)
+    out_h = np.stack([left_h, parent_h - left_h], axis=1).reshape(2 * k, *shape)
+    return out_g, out_h
+
+
+def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok: np.ndarray, data: SharedData,
+                 params: SecureParams, scaling: Scaling, feature_of_column: np.ndarray):
+    """Per node: split flag, one-hot of the best (feature, bin), its feature index and threshold bits."""
+    f = party.frac_bits
+    nodes = hist_g.shape[0]
+    left_g, left_h = _cumulative_bins(hist_g), _cumulative_bins(hist_h)
+    total_g, total_h = left_g[:, 0, -1], left_h[:, 0, -1]  # every feature's bins cover the node
+    right_g, right_h = total_g[:, None, None] - left_g, total_h[:, None, None] - left_h
+    numerators = np.concatenate([left_g.ravel(), right_g.ravel(), total_g])
+    hessians = np.concatenate([left_h.ravel(), right_h.ravel(), total_h])
+    lam = encode_fixed(params.reg_lambda, f)
+    quotients = divide(party, numerators, add_public(party, hessians, lam), extra_bits=scaling.division_extra_bits)
+    scaled = truncate(party, numerators, scaling.gain_shift) if scaling.gain_shift else numerators
+    terms = truncate(party, mul(party, scaled, quotients))
+    size = left_g.size
+    gain = (terms[:size] + terms[size:2 * size]).reshape(left_g.shape) - terms[2 * size:, None, None]
+    # a child lighter than min_child_weight (or empty) makes a candidate invalid
+    floor = max(int(encode_fixed(params.min_child_weight, f)), 1)
+    light = ltz(party, add_public(party, np.concatenate([left_h.ravel(), right_h.ravel()]), -floor))
+    valid = mul(party, add_public(party, -light[:size], 1), add_public(party, -light[size:], 1))
+    masked = add_public(party, mul(party, valid, add_public(party, gain.ravel(), -_MASKED_GAIN)), _MASKED_GAIN)
+    best, selection = argmax(party, masked.reshape(nodes, -1))
+    threshold_gain = encode_fixed(max(params.gamma, 1e-6) * 2.0 ** -scaling.gain_shift, f)
+    above = ltz(party, add_public(party, -best, threshold_gain))  # [best > gamma]
+    ok = mul(party, above, parent_ok)
+    picked = mul(party, selection, np.broadcast_to(data.thresholds, selection.shape))
+    feature = (selection * feature_of_column).sum(axis=1, dtype=DTYPE)
+    return ok, selection, feature, picked.sum(axis=1, dtype=DTYPE)
+
+
+def _route(party: Party, fixed, membership: np.ndarray, selection: np.ndarray, ok: np.ndarray,
+           first_feature: np.ndarray, data: SharedData) -> np.ndarray:
+    """Children's membership (n × 2·nodes, interleaved left/right) after this level's splits."""
+    nodes = selection.shape[0]
+    per_feature = selection.reshape(nodes, data.n_features, data.n_bins)
+    goes_left = np.cumsum(per_feature[..., ::-1], axis=-1, dtype=DTYPE)[..., ::-1]  # bin b left iff b <= t
+    z = goes_left.reshape(nodes, -1)
+    # a node that does not split sends everyone left: Z = first feature's bins (X·Z = 1 for every sample)
+    z = first_feature + mul(party, np.broadcast_to(ok[:, None], z.shape), z - first_feature)
+    go_left = matmul_fixed(party, fixed, np.ascontiguousarray(z.T))  # n × nodes, 0/1
+    left = mul(party, membership, go_left)
+    return np.stack([left, membership - left], axis=2).reshape(membership.shape[0], 2 * nodes)
