@@ -48,7 +48,10 @@ from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
-_MASKED_GAIN = -(1 << 60)  # below any real (scaled) gain, above the argmax padding
+_MASKED_GAIN = -(1 << 60)
+#: gains closer than this (in units of 2^-f) are ties, resolved to the lowest (feature, bin) as XGBoost does;
+#: fixed-point truncation makes equal gains differ by a few units
+GAIN_TIE_ULPS = 64  # below any real (scaled) gain, above the argmax padding
 
 
 class TrainingError(ValueError):
@@ -229,7 +232,7 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     light = ltz(party, add_public(party, np.concatenate([left_h.ravel(), right_h.ravel()]), -floor))
     valid = mul(party, add_public(party, -light[:size], 1), add_public(party, -light[size:], 1))
     masked = add_public(party, mul(party, valid, add_public(party, gain.ravel(), -_MASKED_GAIN)), _MASKED_GAIN)
-    best, selection = argmax(party, masked.reshape(nodes, -1))
+    best, selection = argmax(party, masked.reshape(nodes, -1), GAIN_TIE_ULPS)
     threshold_gain = encode_fixed(max(params.gamma, 1e-6) * 2.0 ** -scaling.gain_shift, f)
     above = ltz(party, add_public(party, -best, threshold_gain))  # [best > gamma]
     ok = mul(party, above, parent_ok)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privboost.mpc.protocols.arithmetic import mul
+from privboost.mpc.protocols.arithmetic import add_public, mul
 from privboost.mpc.protocols.compare import ltz
 from privboost.mpc.ring import DTYPE, ring_constant
 from privboost.mpc.runtime import Party
@@ -22,8 +22,12 @@ from privboost.mpc.runtime import Party
 _PAD = ring_constant(-(1 << 62))  # below every admissible value: padding never wins
 
 
-def argmax(party: Party, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(shares of max over the last axis with shape x.shape[:-1], shares of the winner's one-hot, x.shape)."""
+def argmax(party: Party, x: np.ndarray, tie_tolerance: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(shares of max over the last axis with shape x.shape[:-1], shares of the winner's one-hot, x.shape).
+
+    A later candidate wins only if it exceeds the earlier one by more than ``tie_tolerance`` ring units, so values
+    that are equal up to fixed-point rounding noise resolve to the lowest index.
+    """
     x = np.asarray(x, DTYPE)
     if x.ndim == 0 or x.shape[-1] == 0:
         raise ValueError("argmax needs a non-empty last axis")
@@ -37,7 +41,7 @@ def argmax(party: Party, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     group = 1  # every group of `group` positions shares one candidate value
     while values.shape[-1] > 1:
         left, right = values[..., 0::2], values[..., 1::2]
-        right_wins = ltz(party, left - right)  # ties keep the left (lower) index
+        right_wins = ltz(party, add_public(party, left - right, tie_tolerance))  # ties keep the lower index
         w = weights.reshape(*lead, width // (2 * group), 2, group)
         wins = np.broadcast_to(right_wins[..., None], w[..., 0, :].shape).reshape(*lead, -1)
         half = right_wins.shape[-1]
