@@ -42,7 +42,7 @@ from privboost.mpc.protocols.arithmetic import (
     share_fixed_operand,
     truncate,
 )
-from privboost.mpc.protocols.compare import ltz
+from privboost.mpc.protocols.compare import eq, ltz
 from privboost.mpc.protocols.fixedpoint import divide, sigmoid
 from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
@@ -230,7 +230,13 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     # a child lighter than min_child_weight (or empty) makes a candidate invalid
     floor = max(int(encode_fixed(params.min_child_weight, f)), 1)
     light = ltz(party, add_public(party, np.concatenate([left_h.ravel(), right_h.ravel()]), -floor))
-    valid = mul(party, add_public(party, -light[:size], 1), add_public(party, -light[size:], 1))
+    # a bin whose g and h sums are both 0 adds nothing: its candidate repeats the previous one exactly (XGBoost
+    # keeps the first of equal gains); mark it invalid rather than leave the tie to fixed-point noise
+    empty = eq(party, np.concatenate([hist_g.ravel(), hist_h.ravel()]), np.zeros(2 * size, DTYPE))
+    repeats = mul(party, empty[:size], empty[size:]).reshape(left_g.shape)
+    repeats[..., 0] = 0  # the first candidate of a feature repeats nothing
+    heavy = mul(party, add_public(party, -light[:size], 1), add_public(party, -light[size:], 1))
+    valid = mul(party, heavy, add_public(party, -repeats.ravel(), 1))
     masked = add_public(party, mul(party, valid, add_public(party, gain.ravel(), -_MASKED_GAIN)), _MASKED_GAIN)
     best, selection = argmax(party, masked.reshape(nodes, -1), GAIN_TIE_ULPS)
     threshold_gain = encode_fixed(max(params.gamma, 1e-6) * 2.0 ** -scaling.gain_shift, f)
