@@ -13,8 +13,11 @@ from rich.console import Console
 app = typer.Typer(help="privboost: privacy-preserving XGBoost.", no_args_is_help=True, add_completion=False)
 proxy_app = typer.Typer(help="Trusted proxy: per-user keys and encrypted models.", no_args_is_help=True)
 client_app = typer.Typer(help="Client app: encrypted queries, decrypted answers.", no_args_is_help=True)
+mpc_app = typer.Typer(help="Secure two-party computation: party 0, party 1 and a trusted dealer over TLS.",
+                      no_args_is_help=True)
 app.add_typer(proxy_app, name="proxy")
 app.add_typer(client_app, name="client")
+app.add_typer(mpc_app, name="mpc")
 err = Console(stderr=True)
 
 
@@ -155,6 +158,116 @@ def demo(
         _fail(str(exc))
 
 
+def _run_mpc_role(config: Path, expect_dealer: bool) -> None:
+    """Load ``config``, run the role, print its JSON report line on stdout; map failures to exit codes."""
+    from privboost.mpc.runner import (
+        ConfigError,
+        RunError,
+        Terminated,
+        handle_signals,
+        load_config,
+        run_dealer,
+        run_party,
+        write_report,
+    )
+    from privboost.mpc.transport import MpcError
+
+    role = "?"
+    try:
+        with handle_signals():
+            cfg = load_config(config)
+            role = cfg.role
+            if expect_dealer != (role == "dealer"):
+                other = "dealer" if role == "dealer" else "party"
+                raise ConfigError(f"{config}: role is {role!r}: run it with `privboost mpc {other} --config {config}`")
+            def progress(message: str) -> None:
+                err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+            report = run_dealer(cfg, progress) if expect_dealer else run_party(cfg, progress)
+            line = write_report(cfg, report)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail(f"{role}: interrupted", 130)
+    except Terminated:
+        _fail(f"{role}: terminated", 143)
+    except (RunError, MpcError, OSError) as exc:
+        _fail(str(exc) if isinstance(exc, RunError) else f"{role}: {exc}")
+    print(line, flush=True)
+
+
+@mpc_app.command("party")
+def mpc_party(
+    config: Annotated[Path, typer.Option(help="this party's TOML config (role party0 or party1)")],
+) -> None:
+    """Run one compute party: connect to the peer and the dealer, run the configured program, print a JSON report."""
+    _run_mpc_role(config, expect_dealer=False)
+
+
+@mpc_app.command("dealer")
+def mpc_dealer(
+    config: Annotated[Path, typer.Option(help="the dealer's TOML config (role dealer)")],
+) -> None:
+    """Run the trusted dealer: accept both parties, deal correlated randomness (it sees no data)."""
+    _run_mpc_role(config, expect_dealer=True)
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        _fail(f"--param must be KEY=VALUE, got {text!r}", 2)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value  # not JSON: a plain string
+
+
+@mpc_app.command("local")
+def mpc_local(
+    program: Annotated[str, typer.Option(help="program to run: selfcheck, stall, exchange or package.module:function")],
+    workdir: Annotated[Path | None, typer.Option(help="directory for configs, certificates, logs and reports "
+                                                      "(default: a new temporary directory)")] = None,
+    param: Annotated[list[str], typer.Option(help="program parameter KEY=VALUE, VALUE as JSON (repeat)")] = [],  # noqa: B006
+    timeout_s: Annotated[float, typer.Option(help="per-message timeout of every channel, seconds")] = 60.0,
+    frac_bits: Annotated[int, typer.Option(help="fixed-point fractional bits")] = 16,
+) -> None:
+    """Run party0, party1 and the dealer as three processes on this machine (TLS on loopback); print their reports."""
+    import json
+
+    from rich.table import Table
+
+    from privboost.mpc.runner import LocalRunError, run_local_processes
+
+    params = dict(_parse_param(p) for p in param)
+    try:
+        reports = run_local_processes(program, params, workdir, timeout_s=timeout_s, frac_bits=frac_bits)
+    except LocalRunError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    def size(n: int) -> str:
+        return f"{n / 1e6:.2f} MB" if n >= 1e6 else (f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B")
+
+    table = Table(title=f"privboost mpc local: {program}")
+    for column in ("role", "wall s", "sent", "received", "rounds", "peak RSS MB", "of which"):
+        table.add_column(column, justify="left" if column in ("role", "of which") else "right")
+    for role in ("party0", "party1"):
+        r = reports[role]
+        table.add_row(role, f"{r['wall_s']:.2f}", size(r["bytes_sent_peer"] + r["bytes_sent_dealer"]),
+                      size(r["bytes_received_peer"] + r["bytes_received_dealer"]), f"{r['rounds']:,}",
+                      f"{r['peak_rss_mb']:.0f}",
+                      f"dealer: sent {size(r['bytes_sent_dealer'])}, received {size(r['bytes_received_dealer'])}")
+    d = reports["dealer"]
+    table.add_row("dealer", f"{d['wall_s']:.2f}", size(d["bytes_sent_party0"] + d["bytes_sent_party1"]),
+                  size(d["bytes_received_party1"]), "", f"{d['peak_rss_mb']:.0f}",
+                  f"{d['requests_served']:,} requests; to party0 {size(d['bytes_sent_party0'])}")
+    Console(width=max(120, Console().width)).print(table)
+    Console().print("party0 result:", json.dumps(reports["party0"]["result"]), soft_wrap=True, markup=False,
+                    highlight=False)
+
+
 def main() -> None:
     """Entry point for ``python -m privboost``."""
     app(prog_name="privboost")
@@ -162,3 +275,87 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------------------------ training
+train_app = typer.Typer(help="Train XGBoost models without pooling the data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def _infer_objective(data: list[Path], label: str) -> str:
+    from privboost.data import read_table
+
+    for path in data:
+        table = read_table(path)
+        if label in table.columns:
+            values = set(table[label].dropna().unique().tolist())
+            return "binary:logistic" if values <= {0, 1} else "reg:squarederror"
+    _fail(f"no data file has the label column {label!r}", 2)
+    return ""
+
+
+@train_app.command("secure")
+def train_secure(
+    config: Annotated[Path | None, typer.Option(help="run the one role this job file names "
+                                                     "(owner, party0/1, dealer or analyst)")] = None,
+    local: Annotated[bool, typer.Option("--local", help="run every role as a process on this machine")] = False,
+    data: Annotated[list[Path], typer.Option(help="an owner's CSV/Parquet file (repeat, one per owner)")] = [],  # noqa: B006
+    label: Annotated[str, typer.Option(help="label column (in whichever file has it)")] = "",
+    split: Annotated[str, typer.Option(help="vertical (columns per owner, joined by --id-column) or "
+                                            "horizontal (rows per owner)")] = "vertical",
+    id_column: Annotated[str | None, typer.Option(help="sample id column shared by the owners (vertical)")] = None,
+    out: Annotated[Path, typer.Option(help="where the analyst writes the XGBoost JSON model")] = Path("model.json"),
+    n_estimators: Annotated[int, typer.Option(help="number of trees")] = 10,
+    max_depth: Annotated[int, typer.Option(help="depth of every tree")] = 4,
+    learning_rate: Annotated[float, typer.Option(help="shrinkage eta")] = 0.3,
+    max_bin: Annotated[int, typer.Option(help="quantile bins per feature (2-256)")] = 32,
+    objective: Annotated[str | None, typer.Option(help="binary:logistic or reg:squarederror "
+                                                       "(default: from the label's values)")] = None,
+    reg_lambda: Annotated[float, typer.Option(help="L2 regularisation lambda")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="minimum loss reduction to split")] = 0.0,
+    min_child_weight: Annotated[float, typer.Option(help="minimum hessian sum in a child")] = 1.0,
+    base_score: Annotated[float | None, typer.Option(help="initial prediction (default 0.5 / label mean)")] = None,
+    frac_bits: Annotated[int, typer.Option(help="fixed-point fractional bits")] = 16,
+    timeout_s: Annotated[float, typer.Option(help="per-message network timeout, seconds")] = 120.0,
+) -> None:
+    """Secure training on secret-shared data (XORBoost-style): owners, two compute parties, dealer, analyst."""
+    from privboost.mpc.transport import MpcError
+    from privboost.secure.job import main_role
+    from privboost.secure.trainer import SecureParams, TrainingError
+
+    if config is not None:
+        raise typer.Exit(main_role(str(config)))
+    if not local:
+        _fail("give --config JOB.toml (one role) or --local with --data files", 2)
+    if not data or not label:
+        _fail("--local needs --data (one per owner) and --label", 2)
+    if split not in ("vertical", "horizontal"):
+        _fail("--split must be vertical or horizontal", 2)
+    if split == "vertical" and not id_column and len(data) > 1:
+        _fail("a vertical split needs --id-column to join the owners' rows", 2)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from privboost.secure.local import run_local_job
+
+    try:
+        params = SecureParams(objective=objective or _infer_objective(data, label), n_estimators=n_estimators,
+                              max_depth=max_depth, learning_rate=learning_rate, reg_lambda=reg_lambda, gamma=gamma,
+                              min_child_weight=min_child_weight, base_score=base_score)
+        params.check()
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                      TimeElapsedColumn(), console=err, transient=False) as bar:
+            task = bar.add_task("secure training", total=n_estimators * max_depth, detail="starting roles")
+
+            def show(event: dict) -> None:
+                bar.update(task, completed=(event["tree"] - 1) * event["depth"] + event["level"],
+                           detail=f"tree {event['tree']}/{event['trees']} level {event['level']}/{event['depth']}"
+                                  f" · {event['bytes_sent'] / 1e6:,.0f} MB sent")
+
+            reports = run_local_job(data, label, out, params, max_bin, split, id_column, frac_bits, timeout_s, show)
+    except KeyboardInterrupt:
+        _fail("interrupted: every role was stopped", 130)
+    except (MpcError, TrainingError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    party = reports.get("party0", {})
+    err.print(f"model written to {out} ({n_estimators} trees); party 0 sent {party.get('bytes_sent', 0) / 1e6:,.1f} MB "
+              f"in {party.get('rounds', 0):,} rounds")

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -25,15 +24,14 @@ from rich.table import Table
 
 from privboost.datasets import load_nhanes_diabetes
 from privboost.net.certs import make_certificates
+from privboost.net.ports import free_ports
 
 console = Console()
 
 
 def free_port() -> int:
     """An unused TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def start_server(db: Path, port: int, cert: Path | None = None, key: Path | None = None,

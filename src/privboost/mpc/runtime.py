@@ -104,10 +104,15 @@ class Party:
 
 @dataclass
 class ReceivedView:
-    """What one party received during `run_local(record=True)`, in arrival order (copies)."""
+    """What one party received during `run_local(record=True)`, in arrival order (copies).
 
-    peer: list[np.ndarray]
+    ``peer`` and ``dealer``: every array or byte string from that channel; ``opened``: every value this party learned
+    by an opening (`Party.open`/`open_bool`/`reveal_to`: its own share combined with the peer's), one per opening.
+    """
+
+    peer: list[np.ndarray | bytes]
     dealer: list[np.ndarray | bytes]
+    opened: list[np.ndarray]
 
 
 @dataclass
@@ -142,6 +147,30 @@ class _RecordingChannel(InProcessChannel):
         return data
 
 
+class _RecordingParty(Party):
+    """A `Party` that also keeps a copy of every value it opens (tests only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened: list[np.ndarray] = []
+
+    def open(self, share: np.ndarray) -> np.ndarray:
+        value = super().open(share)
+        self.opened.append(value.copy())
+        return value
+
+    def open_bool(self, words: np.ndarray) -> np.ndarray:
+        value = super().open_bool(words)
+        self.opened.append(value.copy())
+        return value
+
+    def reveal_to(self, receiver: int, share: np.ndarray) -> np.ndarray | None:
+        value = super().reveal_to(receiver, share)
+        if value is not None:
+            self.opened.append(value.copy())
+        return value
+
+
 def _local_pair(name_a: str, name_b: str, timeout_s: float, record: bool) -> tuple[Channel, Channel]:
     if not record:
         return in_process_pair(name_a, name_b, timeout_s)
@@ -156,7 +185,7 @@ def run_local(program: Callable[[Party], Any], frac_bits: int = DEFAULT_FRAC_BIT
     """Run ``program(party)`` for both parties in threads with an in-process dealer (tests and benchmarks).
 
     ``record=True`` (for view/leakage tests) also returns, per party, every array and byte string it received from
-    its peer and from the dealer, in `LocalRun.received`; off by default.
+    its peer and from the dealer and every value it opened, in `LocalRun.received`; off by default.
     """
     p0_end, p1_end = _local_pair("party0", "party1", timeout_s, record)
     p0_to_dealer, dealer_to_p0 = _local_pair("party0", "dealer", timeout_s, record)
@@ -165,6 +194,8 @@ def run_local(program: Callable[[Party], Any], frac_bits: int = DEFAULT_FRAC_BIT
     results: list[Any] = [None, None]
     errors: list[BaseException | None] = [None, None]
     clients: list[DealerClient | None] = [None, None]
+    parties: list[Party | None] = [None, None]
+    party_class = _RecordingParty if record else Party
 
     def run(pid: int) -> None:
         peer = p0_end if pid == 0 else p1_end
@@ -172,7 +203,8 @@ def run_local(program: Callable[[Party], Any], frac_bits: int = DEFAULT_FRAC_BIT
         try:
             client = DealerClient.connect(pid, dealer_end)
             clients[pid] = client
-            results[pid] = program(Party(pid, peer, client, frac_bits))
+            parties[pid] = party = party_class(pid, peer, client, frac_bits)
+            results[pid] = program(party)
             client.finish()
         except BaseException as exc:  # reported to the caller below
             errors[pid] = exc
@@ -190,7 +222,8 @@ def run_local(program: Callable[[Party], Any], frac_bits: int = DEFAULT_FRAC_BIT
     dealer_bytes = p0_to_dealer.stats.bytes_received + p1_to_dealer.stats.bytes_received
     received = None
     if record:
-        received = tuple(ReceivedView(list(peer.received), list(dealer.received))  # type: ignore[attr-defined]
-                         for peer, dealer in ((p0_end, p0_to_dealer), (p1_end, p1_to_dealer)))
+        received = tuple(ReceivedView(list(peer.received), list(dealer.received), list(party.opened))  # type: ignore
+                         for peer, dealer, party in ((p0_end, p0_to_dealer, parties[0]),
+                                                     (p1_end, p1_to_dealer, parties[1])))
     return LocalRun((results[0], results[1]), (p0_end.stats.bytes_sent, p1_end.stats.bytes_sent),
                     (p0_end.stats.rounds, p1_end.stats.rounds), dealer_bytes, received)

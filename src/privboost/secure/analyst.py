@@ -51,9 +51,10 @@ def _build_tree(plain: dict, depth: int) -> Tree:
                 np.array(threshold, np.float32), np.zeros(count, bool), np.zeros(count, bool))
 
 
-def build_ensemble(plain_trees: list[dict], params: SecureParams, feature_names: list[str]) -> TreeEnsemble:
-    """An XGBoost-compatible ensemble (``TreeEnsemble``) from revealed trees."""
+def build_ensemble(plain_trees: list[dict], params: SecureParams, feature_names: list[str],
+                   base_score: float) -> TreeEnsemble:
+    """An XGBoost-compatible ensemble (``TreeEnsemble``) from revealed trees and the revealed base score."""
     trees = [_build_tree(t, params.max_depth) for t in plain_trees]
     return TreeEnsemble(trees=trees, tree_group=np.zeros(len(trees), np.int32), feature_names=list(feature_names),
                         feature_types=["float"] * len(feature_names), objective=params.objective,
-                        base_score=np.array([params.base_score], np.float32))
+                        base_score=np.array([base_score], np.float32))

@@ -39,6 +39,7 @@ from privboost.mpc.protocols.arithmetic import (
     matmul_fixed,
     matmul_fixed_t,
     mul,
+    scale_fixed,
     share_fixed_operand,
     truncate,
 )
@@ -69,7 +70,7 @@ class SecureParams:
     reg_lambda: float = 1.0
     gamma: float = 0.0
     min_child_weight: float = 1.0
-    base_score: float = 0.5
+    base_score: float | None = None  # None: 0.5 for logistic, the (securely computed) label mean for regression
     gradient_bound: float = 1.0  # public bound on |g| (1 for logistic; for regression from the label range)
 
     def check(self) -> None:
@@ -82,15 +83,8 @@ class SecureParams:
             raise TrainingError("need n_estimators >= 1, learning_rate > 0 and reg_lambda > 0")
         if self.gamma < 0 or self.min_child_weight < 0 or self.gradient_bound <= 0:
             raise TrainingError("gamma and min_child_weight must be >= 0, gradient_bound > 0")
-        if self.objective == "binary:logistic" and not 0 < self.base_score < 1:
+        if self.objective == "binary:logistic" and not 0 < (0.5 if self.base_score is None else self.base_score) < 1:
             raise TrainingError("base_score must be in (0, 1) for binary:logistic")
-
-    @property
-    def base_margin(self) -> float:
-        """The starting margin: logit(base_score) for logistic, base_score for regression."""
-        if self.objective == "binary:logistic":
-            return math.log(self.base_score / (1 - self.base_score))
-        return self.base_score
 
 
 @dataclass
@@ -112,6 +106,31 @@ class TreeShares:
     feature: list[np.ndarray] = field(default_factory=list)  # per level: feature index per node
     threshold: list[np.ndarray] = field(default_factory=list)  # per level: float32 bits per node
     leaves: np.ndarray | None = None  # 2^depth leaf weights, fixed point
+
+
+@dataclass
+class TrainResult:
+    """One party's shares of the finished model: every tree and the base score (value space)."""
+
+    trees: list[TreeShares]
+    base_score: np.ndarray  # shape (1,), fixed point
+
+
+def _base_margin(party: Party, data: SharedData, params: SecureParams) -> tuple[np.ndarray, np.ndarray]:
+    """(shared starting margin per sample, shared base score) — the label mean for regression by default."""
+    f = party.frac_bits
+    n = data.labels.shape[0]
+    if params.objective == "binary:logistic":
+        score = 0.5 if params.base_score is None else params.base_score
+        margin = party.public(np.full(n, encode_fixed(math.log(score / (1 - score)), f), DTYPE))
+        return margin, party.public(encode_fixed(np.array([score]), f))
+    if params.base_score is not None:
+        base = party.public(encode_fixed(np.array([params.base_score]), f))
+    else:  # mean label: exact sum, times the public 1/n
+        total = data.labels.sum(dtype=DTYPE, keepdims=True)
+        bits = min(40, 60 - f - max(0, math.ceil(math.log2(params.gradient_bound))))  # sum·2^bits/n < 2^62
+        base = scale_fixed(party, total, 1.0 / n, bits=bits)
+    return np.broadcast_to(base, (n,)).copy(), base
 
 
 @dataclass
@@ -141,7 +160,7 @@ def _cumulative_bins(hist: np.ndarray) -> np.ndarray:
     return np.cumsum(hist, axis=-1, dtype=DTYPE)
 
 
-def train(party: Party, data: SharedData, params: SecureParams, progress: Progress | None = None) -> list[TreeShares]:
+def train(party: Party, data: SharedData, params: SecureParams, progress: Progress | None = None) -> TrainResult:
     """Train ``params.n_estimators`` trees on shares; returns this party's shares of every tree."""
     params.check()
     f = party.frac_bits
@@ -154,7 +173,7 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
     fixed = share_fixed_operand(party, data.onehot)  # the one-off opening of X - U
     feature_of_column = np.repeat(np.arange(data.n_features, dtype=np.uint64), data.n_bins)
     first_feature = party.public((feature_of_column == 0).astype(np.uint64))  # X·this = 1 for every sample
-    margin = party.public(np.full(n, encode_fixed(params.base_margin, f), DTYPE))
+    margin, base_score = _base_margin(party, data, params)
     trees = []
     for tree_index in range(params.n_estimators):
         if params.objective == "binary:logistic":
@@ -189,7 +208,7 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
         shares.leaves = weight
         margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1, dtype=DTYPE)
         trees.append(shares)
-    return trees
+    return TrainResult(trees, base_score)
 
 
 def _level_histograms(party: Party, fixed, g: np.ndarray, h: np.ndarray, membership: np.ndarray,

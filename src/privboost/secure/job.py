@@ -1,0 +1,393 @@
+"""A secure training job's roles as separate processes over mutually authenticated TLS 1.3.
+
+Roles and connections (every role may run on its own host; certificates name the role):
+  dealer     listens; party0 and party1 connect; hands out correlated randomness (sees no data)
+  party0     listens; party1 and every owner connect to it; it connects to the dealer and the analyst
+  party1     listens; every owner connects to it; it connects to party0, the dealer and the analyst
+  owner<i>   connects to party0 and party1 (and, for a horizontal split, first to the analyst to merge bin edges);
+             deals its secret shares and leaves
+  analyst    listens; receives both parties' shares of the finished trees and writes the XGBoost JSON model
+
+A job is described by one TOML file per role (`load_job`); `privboost train secure --config FILE` runs that role.
+Any failure aborts every open channel with the reason, so the other roles stop with a clear message.
+Leakage: see `owner.py` (what owners reveal as metadata), `trainer.py` (nothing during training), and the analyst
+learns the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from privboost.mpc.dealer import DealerClient, TrustedDealer
+from privboost.mpc.prg import Prg
+from privboost.mpc.runtime import Party
+from privboost.mpc.transport import DEFAULT_TIMEOUT_S, Channel, MpcError, TlsListener, connect_tls
+from privboost.net.certs import CertPaths
+from privboost.secure.analyst import build_ensemble, reveal
+from privboost.secure.binning import bin_columns
+from privboost.secure.owner import (
+    OwnerTable,
+    bin_rows,
+    load_owner_table,
+    local_summary,
+    merge_cuts,
+    prepare_shares,
+    split_for_parties,
+)
+from privboost.secure.trainer import SecureParams, SharedData, TrainingError, TrainResult, TreeShares, train
+
+ROLES = ("dealer", "party0", "party1", "analyst")
+SPLITS = ("vertical", "horizontal")
+ANALYST_WAIT_S = 86_400.0  # how long the analyst waits for the parties to finish training
+
+
+class JobError(MpcError):
+    """A job description or the data the owners dealt is unusable (says what to fix)."""
+
+
+@dataclass
+class Job:
+    """One role's view of a secure training job."""
+
+    role: str
+    split: str
+    label: str
+    owners: list[str]
+    addresses: dict[str, tuple[str, int]]
+    certs: CertPaths
+    params: SecureParams
+    max_bin: int
+    frac_bits: int = 16
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    id_column: str | None = None
+    data: str | None = None  # owners only
+    out: str | None = None  # analyst only
+    extra: dict = field(default_factory=dict)
+
+
+def _address(text: str, what: str) -> tuple[str, int]:
+    host, _, port = str(text).rpartition(":")
+    if not host or not port.isdigit():
+        raise JobError(f"address of {what} must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def load_job(path: str | os.PathLike) -> Job:
+    """Read and validate one role's TOML job file."""
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise JobError(f"cannot read job file {path}: {exc}") from exc
+    try:
+        job, tls, params = doc["job"], doc["tls"], dict(doc.get("params", {}))
+        role = str(job["role"])
+        owners = [str(o) for o in job["owners"]]
+        if role not in ROLES and role not in owners:
+            raise JobError(f"role {role!r} is none of {ROLES} nor an owner {owners}")
+        split = str(job.get("split", "vertical"))
+        if split not in SPLITS:
+            raise JobError(f"split must be one of {SPLITS}")
+        addresses = {r: _address(doc["addresses"][r], r) for r in ROLES}
+        certs = CertPaths(Path(tls["cert"]), Path(tls["key"]), Path(tls["ca"]))
+        for p in (certs.cert, certs.key, certs.ca):
+            if not p.is_file():
+                raise JobError(f"certificate file {p} does not exist (make them with `privboost certs`)")
+        max_bin = int(params.pop("max_bin", 256))
+        secure_params = SecureParams(**params)
+        secure_params.check()
+        return Job(role=role, split=split, label=str(job["label"]), owners=owners, addresses=addresses,
+                   certs=certs, params=secure_params, max_bin=max_bin, frac_bits=int(job.get("frac_bits", 16)),
+                   timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)), id_column=job.get("id_column"),
+                   data=job.get("data"), out=job.get("out"))
+    except KeyError as exc:
+        raise JobError(f"job file {path} lacks {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise JobError(f"job file {path}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _send_json(channel: Channel, doc: dict) -> None:
+    channel.send_bytes(json.dumps(doc).encode())
+
+
+def _recv_json(channel: Channel) -> dict:
+    try:
+        return json.loads(channel.recv_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobError(f"{channel.peer_name} sent a malformed message") from exc
+
+
+def _connect(job: Job, peer: str) -> Channel:
+    host, port = job.addresses[peer]
+    return connect_tls(host, port, job.certs, peer, send_first=True, timeout_s=job.timeout_s)
+
+
+def _accept_all(listener: TlsListener, names: set[str], timeout_s: float) -> dict[str, Channel]:
+    channels: dict[str, Channel] = {}
+    while len(channels) < len(names):
+        channel = listener.accept(names - set(channels), send_first=False, timeout_s=timeout_s)
+        channels[channel.peer_name] = channel
+    return channels
+
+
+def _abort_all(channels: list[Channel], reason: str) -> None:
+    for channel in channels:
+        channel.abort(reason)
+
+
+# ----------------------------------------------------------------------------------------------- roles
+def run_dealer(job: Job) -> dict:
+    """Serve correlated randomness to the two parties until party 1 says it is done."""
+    listener = TlsListener(*job.addresses["dealer"], job.certs)
+    try:
+        channels = _accept_all(listener, {"party0", "party1"}, job.timeout_s)
+    finally:
+        listener.close()
+    dealer = TrustedDealer()
+    dealer.serve(channels["party0"], channels["party1"])
+    return {"role": "dealer", "requests": dealer.requests_served,
+            "bytes_sent": sum(c.stats.bytes_sent for c in channels.values())}
+
+
+def run_owner(job: Job) -> dict:
+    """Load, bin and deal this owner's data to both parties."""
+    table = load_owner_table(job.data or "", job.label, job.id_column if job.split == "vertical" else None)
+    opened: list[Channel] = []
+    try:
+        if job.split == "horizontal":
+            analyst = _connect(job, "analyst")
+            opened.append(analyst)
+            _send_json(analyst, {"features": table.feature_names, "summary": local_summary(table, job.max_bin)})
+            reply = _recv_json(analyst)
+            binned = bin_rows(table, [np.asarray(c, np.float32) for c in reply["cuts"]])
+            analyst.close()
+        else:
+            binned = bin_columns(table.values, table.feature_names, job.max_bin) if table.feature_names else None
+        shares = prepare_shares(table, binned, job.max_bin, job.frac_bits)
+        meta = {**shares.meta, "owner": job.role,
+                "shapes": {k: list(v.shape) for k, v in shares.arrays.items()}}
+        to0, to1 = _connect(job, "party0"), _connect(job, "party1")
+        opened += [to0, to1]
+        _send_json(to0, meta)
+        _send_json(to1, meta)
+        for name in meta["arrays"]:
+            share0, seed = split_for_parties(shares.arrays[name])
+            to0.send_array(share0)
+            to1.send_bytes(seed)
+        for channel in (to0, to1):  # wait until the party has taken everything
+            if _recv_json(channel).get("status") != "received":
+                raise JobError(f"{channel.peer_name} did not confirm the data")
+            channel.close()
+        return {"role": job.role, "rows": table.rows, "features": len(table.feature_names)}
+    except BaseException as exc:
+        _abort_all(opened, f"{job.role} failed: {exc}")
+        raise
+
+
+def _receive_owner_data(job: Job, channels: dict[str, Channel], party_id: int) -> tuple[list[dict], list[dict]]:
+    metas, arrays = [], []
+    for owner in job.owners:
+        channel = channels[owner]
+        meta = _recv_json(channel)
+        got = {}
+        for name in meta["arrays"]:
+            if party_id == 0:
+                got[name] = channel.recv_array()
+            else:
+                got[name] = Prg(channel.recv_bytes()).words(tuple(meta["shapes"][name]))
+            if list(got[name].shape) != meta["shapes"][name]:
+                raise JobError(f"{owner} sent {name} of shape {got[name].shape}, announced {meta['shapes'][name]}")
+        metas.append(meta)
+        arrays.append(got)
+    return metas, arrays
+
+
+def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedData, list[str], float]:
+    """SharedData from the owners' blocks; checks the owners agree; returns (data, feature names, label bound)."""
+    label_owners = [m["owner"] for m in metas if m["has_label"]]
+    n_bins = job.max_bin
+    if any(m["n_bins"] != n_bins for m in metas):
+        raise JobError("owners binned with different numbers of bins")
+    if job.split == "vertical":
+        if len(label_owners) != 1:
+            raise JobError(f"exactly one owner must hold the label {job.label!r}; found {label_owners or 'none'}")
+        rows = {m["rows"] for m in metas}
+        digests = {m["ids_digest"] for m in metas}
+        if len(rows) != 1 or len(digests) != 1:
+            raise JobError("the owners do not hold the same samples (row counts or id sets differ)")
+        blocks = [(m, a) for m, a in zip(metas, arrays, strict=True) if "onehot" in a]
+        onehot = np.concatenate([a["onehot"] for _, a in blocks], axis=1)
+        thresholds = np.concatenate([a["thresholds"] for _, a in blocks])
+        names = [name for m, _ in blocks for name in m["features"]]
+        labels = next(a["labels"] for m, a in zip(metas, arrays, strict=True) if m["has_label"])
+    else:
+        if len(label_owners) != len(metas):
+            raise JobError("in a horizontal split every owner must hold the label column")
+        names = metas[0]["features"]
+        if any(m["features"] != names for m in metas):
+            raise JobError("in a horizontal split every owner must hold the same feature columns")
+        onehot = np.concatenate([a["onehot"] for a in arrays], axis=0)
+        thresholds = arrays[0]["thresholds"]  # the same merged cuts, dealt by owner 0
+        labels = np.concatenate([a["labels"] for a in arrays])
+    bound = max(m["label_bound"] for m in metas)
+    return SharedData(onehot, labels, thresholds, len(names), n_bins), names, bound
+
+
+def _progress_printer(party_id: int):
+    def show(event: dict) -> None:
+        if party_id == 0:
+            print(json.dumps({"progress": event}), flush=True)
+    return show
+
+
+def run_party(job: Job) -> dict:
+    """Run compute party 0 or 1: receive the owners' shares, train, send the tree shares to the analyst."""
+    party_id = 0 if job.role == "party0" else 1
+    opened: list[Channel] = []
+    try:
+        dealer = _connect(job, "dealer")
+        opened.append(dealer)
+        correlations = DealerClient.connect(party_id, dealer)
+        listener = TlsListener(*job.addresses[job.role], job.certs)
+        try:
+            if party_id == 1:
+                peer = _connect(job, "party0")
+                opened.append(peer)
+                owners = _accept_all(listener, set(job.owners), job.timeout_s)
+            else:
+                accepted = _accept_all(listener, set(job.owners) | {"party1"}, job.timeout_s)
+                peer = accepted.pop("party1")
+                owners = accepted
+                opened.append(peer)
+        finally:
+            listener.close()
+        opened += list(owners.values())
+        metas, arrays = _receive_owner_data(job, owners, party_id)
+        for owner in job.owners:
+            _send_json(owners[owner], {"status": "received"})
+        data, names, label_bound = _assemble(job, metas, arrays)
+        # both parties must have received the same metadata (an owner could not deal inconsistent shapes unseen)
+        digest = hashlib.sha256(json.dumps(metas, sort_keys=True).encode()).digest()
+        peer.send_bytes(digest)
+        if peer.recv_bytes() != digest:
+            raise JobError("the parties received different metadata from the owners")
+        params = job.params
+        if params.objective == "reg:squarederror":
+            params = SecureParams(**{**params.__dict__, "gradient_bound": 4 * max(label_bound, 1.0)})
+        party = Party(party_id, peer, correlations, job.frac_bits)
+        result = train(party, data, params, _progress_printer(party_id))
+        correlations.finish()
+        analyst = _connect(job, "analyst")
+        opened.append(analyst)
+        _send_result(analyst, result, names, params, job.frac_bits)
+        if _recv_json(analyst).get("status") != "received":  # closing before this could lose unread data
+            raise JobError("the analyst did not confirm the model shares")
+        analyst.close()
+        return {"role": job.role, "bytes_sent": peer.stats.bytes_sent, "rounds": peer.stats.rounds,
+                "dealer_bytes": correlations.dealer_bytes_received}
+    except BaseException as exc:
+        _abort_all(opened, f"{job.role} failed: {exc}")
+        raise
+
+
+def _send_result(analyst: Channel, result: TrainResult, names: list[str], params: SecureParams,
+                 frac_bits: int) -> None:
+    _send_json(analyst, {"features": names, "params": params.__dict__, "frac_bits": frac_bits,
+                         "trees": len(result.trees), "depth": params.max_depth})
+    analyst.send_array(result.base_score)
+    for tree in result.trees:
+        for level in range(params.max_depth):
+            for arr in (tree.split[level], tree.feature[level], tree.threshold[level]):
+                analyst.send_array(arr)
+        analyst.send_array(tree.leaves)
+
+
+def _recv_result(channel: Channel) -> tuple[dict, np.ndarray, list[TreeShares]]:
+    meta = _recv_json(channel)
+    base = channel.recv_array()
+    trees = []
+    for _ in range(int(meta["trees"])):
+        tree = TreeShares()
+        for _level in range(int(meta["depth"])):
+            tree.split.append(channel.recv_array())
+            tree.feature.append(channel.recv_array())
+            tree.threshold.append(channel.recv_array())
+        tree.leaves = channel.recv_array()
+        trees.append(tree)
+    return meta, base, trees
+
+
+def run_analyst(job: Job) -> dict:
+    """Merge bin edges (horizontal split), then receive the parties' shares and write the model."""
+    if not job.out:
+        raise JobError("the analyst's job file needs `out`, the model path to write")
+    listener = TlsListener(*job.addresses["analyst"], job.certs)
+    opened: list[Channel] = []
+    try:
+        if job.split == "horizontal":
+            owners = _accept_all(listener, set(job.owners), job.timeout_s)
+            opened += list(owners.values())
+            summaries = [_recv_json(owners[o]) for o in job.owners]
+            if any(s["features"] != summaries[0]["features"] for s in summaries):
+                raise JobError("in a horizontal split every owner must hold the same feature columns")
+            cuts = merge_cuts([s["summary"] for s in summaries], job.max_bin)
+            for owner in job.owners:
+                _send_json(owners[owner], {"cuts": [c.astype(float).tolist() for c in cuts]})
+        # training may take long: the analyst waits up to a day for the parties
+        parties = _accept_all(listener, {"party0", "party1"}, ANALYST_WAIT_S)
+        opened += list(parties.values())
+        meta0, base0, trees0 = _recv_result(parties["party0"])
+        meta1, base1, trees1 = _recv_result(parties["party1"])
+        for channel in parties.values():
+            _send_json(channel, {"status": "received"})
+        if meta0 != meta1:
+            raise JobError("the two parties report different jobs")
+        frac_bits = int(meta0["frac_bits"])
+        params = SecureParams(**meta0["params"])
+        plain = reveal(trees0, trees1, frac_bits)
+        base = float(((base0 + base1).view(np.int64) / 2.0**frac_bits)[0])
+        model = build_ensemble(plain, params, meta0["features"], base)
+        model.save(job.out)
+        return {"role": "analyst", "out": job.out, "trees": len(plain), "base_score": base}
+    except BaseException as exc:
+        _abort_all(opened, f"analyst failed: {exc}")
+        raise
+    finally:
+        listener.close()
+
+
+def run_role(job: Job) -> dict:
+    """Run whichever role ``job`` names; returns a small JSON-able report."""
+    if job.role == "dealer":
+        return run_dealer(job)
+    if job.role in ("party0", "party1"):
+        return run_party(job)
+    if job.role == "analyst":
+        return run_analyst(job)
+    return run_owner(job)
+
+
+def main_role(path: str) -> int:
+    """CLI entry: run the role in job file ``path``; exit status 0, 1 (failure) or 130 (interrupted)."""
+    try:
+        job = load_job(path)
+        report = run_role(job)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (MpcError, TrainingError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"report": report}), flush=True)
+    return 0
+
+
+__all__ = ["Job", "JobError", "OwnerTable", "load_job", "main_role", "run_role"]
