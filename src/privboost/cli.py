@@ -317,6 +317,8 @@ def train_secure(
     base_score: Annotated[float | None, typer.Option(help="initial prediction (default 0.5 / label mean)")] = None,
     frac_bits: Annotated[int, typer.Option(help="fixed-point fractional bits")] = 16,
     timeout_s: Annotated[float, typer.Option(help="per-message network timeout, seconds")] = 120.0,
+    histograms: Annotated[str, typer.Option(help="onehot (reveals nothing; memory n·features·bins) or shuffle "
+                                                 "(memory n·features; reveals each feature's bin counts)")] = "onehot",
 ) -> None:
     """Secure training on secret-shared data (XORBoost-style): owners, two compute parties, dealer, analyst."""
     from privboost.mpc.transport import MpcError
@@ -331,6 +333,8 @@ def train_secure(
         _fail("--local needs --data (one per owner) and --label", 2)
     if split not in ("vertical", "horizontal"):
         _fail("--split must be vertical or horizontal", 2)
+    if histograms not in ("onehot", "shuffle"):
+        _fail("--histograms must be onehot or shuffle", 2)
     if split == "vertical" and not id_column and len(data) > 1:
         _fail("a vertical split needs --id-column to join the owners' rows", 2)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -351,7 +355,8 @@ def train_secure(
                            detail=f"tree {event['tree']}/{event['trees']} level {event['level']}/{event['depth']}"
                                   f" · {event['bytes_sent'] / 1e6:,.0f} MB sent")
 
-            reports = run_local_job(data, label, out, params, max_bin, split, id_column, frac_bits, timeout_s, show)
+            reports = run_local_job(data, label, out, params, max_bin, split, id_column, frac_bits, timeout_s, show,
+                                    histograms=histograms)
     except KeyboardInterrupt:
         _fail("interrupted: every role was stopped", 130)
     except (MpcError, TrainingError, ValueError, OSError) as exc:

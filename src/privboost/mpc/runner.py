@@ -752,8 +752,11 @@ def run_local_processes(program: str, params: dict | None = None, workdir: str |
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    failed = sorted((r for r in procs if procs[r].returncode != 0), key=lambda r: exited[r])
+    # root causes first: a role that reports another's abort only reacted to it
+    tails = {r: _tail(logs[r]) for r in procs}
+    failed = sorted((r for r in procs if procs[r].returncode != 0),
+                    key=lambda r: ("aborted the computation" in tails[r], exited[r]))
     if failed:
-        raise LocalRunError("; ".join(f"{r} exited with code {procs[r].returncode}: {_tail(logs[r]) or '(no output)'}"
+        raise LocalRunError("; ".join(f"{r} exited with code {procs[r].returncode}: {tails[r] or '(no output)'}"
                                       for r in failed))
     return {role: json.loads((work / f"{role}.report.json").read_text(encoding="utf-8")) for role in ROLES}

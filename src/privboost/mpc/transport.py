@@ -178,8 +178,14 @@ class Channel(ABC):
             self._send_frame(KIND_ABORT, b"", memoryview(reason.encode()))
         except (OSError, TransportError, ValueError):
             pass
+        else:
+            self._linger()
         self._closed = True
         self._close_transport()
+
+    def _linger(self) -> None:
+        """After an abort frame: give the peer a moment to read it before the connection goes (transports may wait)."""
+        return None
 
     def close(self) -> None:
         """Close cleanly (the peer's next receive raises PeerDisconnected)."""
@@ -330,26 +336,6 @@ class SocketChannel(Channel):
             while True:
                 progressed = False
                 wait = 0
-                if sending:
-                    try:
-                        n = sock.send(outgoing[part][pos:pos + _SEND_CHUNK])
-                    except ssl.SSLWantReadError:
-                        wait |= select.POLLIN
-                    except (ssl.SSLWantWriteError, BlockingIOError):
-                        wait |= select.POLLOUT
-                    except (ConnectionError, ssl.SSLError, OSError) as exc:
-                        # keep reading briefly: the peer may have sent an abort frame (its reason) before closing
-                        sending = False
-                        send_error = PeerDisconnected(f"connection to {self.peer_name} lost while sending: {exc}")
-                        deadline = min(deadline, time.monotonic() + 1.0)
-                    else:
-                        progressed = n > 0
-                        pos += n
-                        if pos >= len(outgoing[part]):
-                            part, pos = part + 1, 0
-                            if part == len(outgoing):
-                                sending = False
-                                self._mid_frame = False
                 # Read until TLS would block: poll cannot see decrypted bytes already buffered inside OpenSSL.
                 while receiving:
                     if got == len(buf):  # this stage is complete (it may be empty)
@@ -381,6 +367,28 @@ class SocketChannel(Channel):
                     if send_error is not None and kind == KIND_ARRAY:
                         raise send_error
                     return kind, header, buf, part == len(outgoing)
+                # Write after reading: an abort frame already waiting is seen before a write could fail on
+                # the reset that follows it (a failed write ends the TLS connection, unread frames included).
+                if sending:
+                    try:
+                        n = sock.send(outgoing[part][pos:pos + _SEND_CHUNK])
+                    except ssl.SSLWantReadError:
+                        wait |= select.POLLIN
+                    except (ssl.SSLWantWriteError, BlockingIOError):
+                        wait |= select.POLLOUT
+                    except (ConnectionError, ssl.SSLError, OSError) as exc:
+                        # keep reading briefly: the peer may have sent an abort frame (its reason) before closing
+                        sending = False
+                        send_error = PeerDisconnected(f"connection to {self.peer_name} lost while sending: {exc}")
+                        deadline = min(deadline, time.monotonic() + 1.0)
+                    else:
+                        progressed = n > 0
+                        pos += n
+                        if pos >= len(outgoing[part]):
+                            part, pos = part + 1, 0
+                            if part == len(outgoing):
+                                sending = False
+                                self._mid_frame = False
                 now = time.monotonic()
                 if progressed:
                     if send_error is None:
@@ -402,6 +410,21 @@ class SocketChannel(Channel):
                     sock.settimeout(self.timeout_s)
                 except OSError:
                     pass
+
+    def _linger(self, grace_s: float = 1.0) -> None:
+        """Drop what the peer still sends until it closes, for at most ``grace_s``, before closing.
+
+        Closing a TCP socket with unread input sends a reset, and a reset can reach the peer while it is still
+        writing: its TLS connection then fails before it reads the abort frame, and the reason is lost.
+        """
+        deadline = time.monotonic() + grace_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(left)
+                if not self._sock.recv(1 << 16):
+                    return
+        except (OSError, ValueError):  # timeout, reset, TLS alert: the peer is gone or slow; close anyway
+            pass
 
     def _close_transport(self) -> None:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import resource
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from privboost.mpc.transport import DEFAULT_TIMEOUT_S, Channel, MpcError, TlsLis
 from privboost.net.certs import CertPaths
 from privboost.secure.analyst import build_ensemble, reveal
 from privboost.secure.binning import bin_columns
+from privboost.secure.histograms import ROUTES
 from privboost.secure.owner import (
     OwnerTable,
     bin_rows,
@@ -70,7 +72,13 @@ class Job:
     id_column: str | None = None
     data: str | None = None  # owners only
     out: str | None = None  # analyst only
+    histograms: str = "onehot"  # or "shuffle" (see secure.histograms: memory vs leakage)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def histograms_array(self) -> str:
+        """Name of the array the owners deal for this job's histogram route."""
+        return "onehot" if self.histograms == "onehot" else "bins"
 
 
 def _address(text: str, what: str) -> tuple[str, int]:
@@ -106,11 +114,21 @@ def load_job(path: str | os.PathLike) -> Job:
         return Job(role=role, split=split, label=str(job["label"]), owners=owners, addresses=addresses,
                    certs=certs, params=secure_params, max_bin=max_bin, frac_bits=int(job.get("frac_bits", 16)),
                    timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)), id_column=job.get("id_column"),
-                   data=job.get("data"), out=job.get("out"))
+                   data=job.get("data"), out=job.get("out"), histograms=_route_name(job.get("histograms", "onehot")))
     except KeyError as exc:
         raise JobError(f"job file {path} lacks {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise JobError(f"job file {path}: {exc}") from exc
+
+
+def _route_name(name: str) -> str:
+    if name not in ROUTES:
+        raise JobError(f"histograms must be one of {ROUTES}, got {name!r}")
+    return name
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -154,7 +172,7 @@ def run_dealer(job: Job) -> dict:
     dealer = TrustedDealer()
     dealer.serve(channels["party0"], channels["party1"])
     return {"role": "dealer", "requests": dealer.requests_served,
-            "bytes_sent": sum(c.stats.bytes_sent for c in channels.values())}
+            "bytes_sent": sum(c.stats.bytes_sent for c in channels.values()), "peak_rss_gb": _peak_rss_gb()}
 
 
 def run_owner(job: Job) -> dict:
@@ -171,7 +189,7 @@ def run_owner(job: Job) -> dict:
             analyst.close()
         else:
             binned = bin_columns(table.values, table.feature_names, job.max_bin) if table.feature_names else None
-        shares = prepare_shares(table, binned, job.max_bin, job.frac_bits)
+        shares = prepare_shares(table, binned, job.max_bin, job.frac_bits, job.histograms)
         meta = {**shares.meta, "owner": job.role,
                 "shapes": {k: list(v.shape) for k, v in shares.arrays.items()}}
         to0, to1 = _connect(job, "party0"), _connect(job, "party1")
@@ -186,7 +204,8 @@ def run_owner(job: Job) -> dict:
             if _recv_json(channel).get("status") != "received":
                 raise JobError(f"{channel.peer_name} did not confirm the data")
             channel.close()
-        return {"role": job.role, "rows": table.rows, "features": len(table.feature_names)}
+        return {"role": job.role, "rows": table.rows, "features": len(table.feature_names),
+                "peak_rss_gb": _peak_rss_gb()}
     except BaseException as exc:
         _abort_all(opened, f"{job.role} failed: {exc}")
         raise
@@ -223,8 +242,8 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
         digests = {m["ids_digest"] for m in metas}
         if len(rows) != 1 or len(digests) != 1:
             raise JobError("the owners do not hold the same samples (row counts or id sets differ)")
-        blocks = [(m, a) for m, a in zip(metas, arrays, strict=True) if "onehot" in a]
-        onehot = np.concatenate([a["onehot"] for _, a in blocks], axis=1)
+        blocks = [(m, a) for m, a in zip(metas, arrays, strict=True) if "thresholds" in a]
+        matrix = np.concatenate([a[job.histograms_array] for _, a in blocks], axis=1)
         thresholds = np.concatenate([a["thresholds"] for _, a in blocks])
         names = [name for m, _ in blocks for name in m["features"]]
         labels = next(a["labels"] for m, a in zip(metas, arrays, strict=True) if m["has_label"])
@@ -234,11 +253,13 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
         names = metas[0]["features"]
         if any(m["features"] != names for m in metas):
             raise JobError("in a horizontal split every owner must hold the same feature columns")
-        onehot = np.concatenate([a["onehot"] for a in arrays], axis=0)
+        matrix = np.concatenate([a[job.histograms_array] for a in arrays], axis=0)
         thresholds = arrays[0]["thresholds"]  # the same merged cuts, dealt by owner 0
         labels = np.concatenate([a["labels"] for a in arrays])
     bound = max(m["label_bound"] for m in metas)
-    return SharedData(onehot, labels, thresholds, len(names), n_bins), names, bound
+    if job.histograms == "onehot":
+        return SharedData(matrix, labels, thresholds, len(names), n_bins), names, bound
+    return SharedData(None, labels, thresholds, len(names), n_bins, bins=matrix), names, bound
 
 
 def _progress_printer(party_id: int):
@@ -274,6 +295,8 @@ def run_party(job: Job) -> dict:
         for owner in job.owners:
             _send_json(owners[owner], {"status": "received"})
         data, names, label_bound = _assemble(job, metas, arrays)
+        for block in arrays:  # the assembled copy is all that training needs
+            block.clear()
         # both parties must have received the same metadata (an owner could not deal inconsistent shapes unseen)
         digest = hashlib.sha256(json.dumps(metas, sort_keys=True).encode()).digest()
         peer.send_bytes(digest)
@@ -292,7 +315,8 @@ def run_party(job: Job) -> dict:
             raise JobError("the analyst did not confirm the model shares")
         analyst.close()
         return {"role": job.role, "bytes_sent": peer.stats.bytes_sent, "rounds": peer.stats.rounds,
-                "dealer_bytes": correlations.dealer_bytes_received}
+                "dealer_bytes": correlations.dealer_bytes_received, "seconds": result.seconds,
+                "peak_rss_gb": _peak_rss_gb()}
     except BaseException as exc:
         _abort_all(opened, f"{job.role} failed: {exc}")
         raise
@@ -356,7 +380,8 @@ def run_analyst(job: Job) -> dict:
         base = float(((base0 + base1).view(np.int64) / 2.0**frac_bits)[0])
         model = build_ensemble(plain, params, meta0["features"], base)
         model.save(job.out)
-        return {"role": "analyst", "out": job.out, "trees": len(plain), "base_score": base}
+        return {"role": "analyst", "out": job.out, "trees": len(plain), "base_score": base,
+                "peak_rss_gb": _peak_rss_gb()}
     except BaseException as exc:
         _abort_all(opened, f"analyst failed: {exc}")
         raise

@@ -97,11 +97,15 @@ class OwnerShares:
     arrays: dict[str, np.ndarray]
 
 
-def prepare_shares(table: OwnerTable, binned: BinnedColumns | None, n_bins: int, frac_bits: int) -> OwnerShares:
-    """The owner's one-hot block, candidate thresholds and labels, ready to split between the parties."""
+def prepare_shares(table: OwnerTable, binned: BinnedColumns | None, n_bins: int, frac_bits: int,
+                   route: str = "onehot") -> OwnerShares:
+    """The owner's one-hot block (or bin indices, for the shuffle route), thresholds and labels, to be shared."""
     arrays: dict[str, np.ndarray] = {}
     if binned is not None and binned.names:
-        arrays["onehot"] = one_hot(binned.bins, n_bins)
+        if route == "onehot":
+            arrays["onehot"] = one_hot(binned.bins, n_bins)
+        else:
+            arrays["bins"] = binned.bins.astype(np.uint64)
         arrays["thresholds"] = threshold_bits(binned.cuts, n_bins)
     if table.labels is not None:
         arrays["labels"] = encode_fixed(table.labels, frac_bits)

@@ -4,10 +4,10 @@ The trainer is a program over `privboost.mpc` (2 semi-honest parties + trusted d
 second-order boosting (Chen & Guestrin, KDD 2016) with ``hist`` bins, depth-wise, on shares only, following the
 structure of XORBoost (Deforth et al., PoPETs 2022):
 
-* histograms: the binned data is a one-hot matrix X (n × F·B), shared once; its masked opening is reused for every
-  histogram product X^T·[g ⊙ m, h ⊙ m] (SecureML's reused-mask matrix triples; `protocols.arithmetic`). Only left
-  children are built; right children are parent − left (histogram subtraction), so which child is smaller is never
-  needed (it would be data-dependent);
+* histograms: per-bin sums X^T·[g ⊙ m, h ⊙ m] of the one-hot matrix X (n × F·B) by either route of `histograms`
+  (reused-mask products with X, nothing revealed; or one secret shuffle per feature, revealing per-feature bin
+  counts, memory n·F). Only left children are built; right children are parent − left (histogram subtraction), so
+  which child is smaller is never needed (it would be data-dependent);
 * gains G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ) for every (node, feature, bin) from local prefix sums, secure
   division (Catrina–Saxena reciprocal), candidates with a child hessian below ``min_child_weight`` masked out;
 * the best split per node by a tree of comparisons (argmax → shared one-hot); a node splits only if its gain
@@ -19,7 +19,8 @@ structure of XORBoost (Deforth et al., PoPETs 2022):
 
 Every message size depends only on public sizes (n, F, B, depth, trees), never on the data.
 
-Leakage: to the compute parties nothing (all opened values are uniformly masked); to the dealer nothing; to the
+Leakage: to the compute parties nothing (all opened values are uniformly masked) on the one-hot route, the
+per-feature bin occupancy counts on the shuffle route; to the dealer nothing; to the
 analyst, the finished trees (split features, thresholds, leaf weights, which nodes are leaves), as XGBoost's model.
 Public: n, the number of features and bins, the parameters, and a public bound on |gradient| used to scale.
 """
@@ -36,17 +37,15 @@ import numpy as np
 from privboost.mpc.protocols.argmax import argmax
 from privboost.mpc.protocols.arithmetic import (
     add_public,
-    matmul_fixed,
-    matmul_fixed_t,
     mul,
     scale_fixed,
-    share_fixed_operand,
     truncate,
 )
 from privboost.mpc.protocols.compare import eq, ltz
 from privboost.mpc.protocols.fixedpoint import divide, sigmoid
 from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
+from privboost.secure.histograms import OneHotRoute, ShuffleRoute
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
 _MASKED_GAIN = -(1 << 60)
@@ -89,13 +88,23 @@ class SecureParams:
 
 @dataclass
 class SharedData:
-    """One party's shares of the training data, as the owners dealt them."""
+    """One party's shares of the training data, as the owners dealt them.
 
-    onehot: np.ndarray  # n × F·B, 0/1 (integers, not fixed point)
+    Exactly one of ``onehot`` (for the one-hot route) and ``bins`` (for the shuffle route) is given; see
+    `histograms` for what each route costs and reveals. `train` drops ``onehot`` once it is opened, to save memory.
+    """
+
+    onehot: np.ndarray | None  # n × F·B, 0/1 (integers, not fixed point)
     labels: np.ndarray  # n, fixed point
     thresholds: np.ndarray  # F·B, float32 bit patterns of the candidate thresholds
     n_features: int
     n_bins: int
+    bins: np.ndarray | None = None  # n × F bin indices (integers)
+
+    @property
+    def rows(self) -> int:
+        """Number of samples."""
+        return self.labels.shape[0]
 
 
 @dataclass
@@ -114,6 +123,26 @@ class TrainResult:
 
     trees: list[TreeShares]
     base_score: np.ndarray  # shape (1,), fixed point
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (setup, histograms, ...)
+
+
+class _Clock:
+    """Accumulates wall time per phase: ``with clock("gains"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._phase = ""
+        self._start = 0.0
+
+    def __call__(self, phase: str) -> _Clock:
+        self._phase = phase
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + time.perf_counter() - self._start
 
 
 def _base_margin(party: Party, data: SharedData, params: SecureParams) -> tuple[np.ndarray, np.ndarray]:
@@ -164,66 +193,85 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
     """Train ``params.n_estimators`` trees on shares; returns this party's shares of every tree."""
     params.check()
     f = party.frac_bits
-    n, m = data.onehot.shape
-    if m != data.n_features * data.n_bins or data.labels.shape != (n,) or data.thresholds.shape != (m,):
-        raise TrainingError("shared data shapes do not agree with n_features × n_bins")
+    n, m = data.rows, data.n_features * data.n_bins
+    if (data.onehot is None) == (data.bins is None):
+        raise TrainingError("give the data either as a one-hot matrix or as bin indices")
+    expected = (n, m) if data.onehot is not None else (n, data.n_features)
+    given = data.onehot if data.onehot is not None else data.bins
+    if given.shape != expected or data.thresholds.shape != (m,):
+        raise TrainingError(f"shared data shapes do not agree: {given.shape} for {n} rows, "
+                            f"{data.n_features} features × {data.n_bins} bins")
     scaling = Scaling.choose(n, params, f)
     one = ring_constant(1 << f)
     started = time.perf_counter()
-    fixed = share_fixed_operand(party, data.onehot)  # the one-off opening of X - U
+    clock = _Clock()
+    with clock("setup"):
+        if data.onehot is not None:
+            route: OneHotRoute | ShuffleRoute = OneHotRoute(party, data.onehot)
+            data.onehot = None  # opened and re-shared: the caller's copy is no longer needed
+        else:
+            route = ShuffleRoute(party, data.bins, data.n_bins)
     feature_of_column = np.repeat(np.arange(data.n_features, dtype=np.uint64), data.n_bins)
     first_feature = party.public((feature_of_column == 0).astype(np.uint64))  # X·this = 1 for every sample
     margin, base_score = _base_margin(party, data, params)
     trees = []
     for tree_index in range(params.n_estimators):
-        if params.objective == "binary:logistic":
-            p = sigmoid(party, margin)
-            g = p - data.labels
-            h = truncate(party, mul(party, p, add_public(party, -p, one)))
-        else:
-            g = margin - data.labels
-            h = party.public(np.full(n, one, DTYPE))
+        with clock("gradients"):
+            if params.objective == "binary:logistic":
+                p = sigmoid(party, margin)
+                g = p - data.labels
+                h = truncate(party, mul(party, p, add_public(party, -p, one)))
+            else:
+                g = margin - data.labels
+                h = party.public(np.full(n, one, DTYPE))
         shares = TreeShares()
         membership = party.public(np.ones((n, 1), DTYPE))
         parent_ok = party.public(np.ones(1, DTYPE))
         hist_g = hist_h = None
         for level in range(params.max_depth):
-            hist_g, hist_h = _level_histograms(party, fixed, g, h, membership, hist_g, hist_h, data)
-            ok, selection, feature, threshold = _best_splits(party, hist_g, hist_h, parent_ok, data, params,
-                                                             scaling, feature_of_column)
+            with clock("histograms"):
+                hist_g, hist_h = _level_histograms(party, route, g, h, membership, hist_g, hist_h, data)
+            with clock("gains_argmax"):
+                ok, selection, feature, threshold = _best_splits(party, hist_g, hist_h, parent_ok, data, params,
+                                                                 scaling, feature_of_column)
             shares.split.append(ok)
             shares.feature.append(feature)
             shares.threshold.append(threshold)
-            membership = _route(party, fixed, membership, selection, ok, first_feature, data)
+            with clock("routing"):
+                membership = _route(party, route, membership, selection, ok, first_feature, data)
             parent_ok = np.repeat(ok, 2)
             if progress:
                 progress({"tree": tree_index + 1, "trees": params.n_estimators, "level": level + 1,
                           "depth": params.max_depth, "elapsed_s": time.perf_counter() - started,
                           "bytes_sent": party.peer.stats.bytes_sent})
-        leaf_g = mul(party, membership, g[:, None]).sum(axis=0, dtype=DTYPE)
-        leaf_h = mul(party, membership, h[:, None]).sum(axis=0, dtype=DTYPE)
-        weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
-                        extra_bits=scaling.division_extra_bits)
-        weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
-        shares.leaves = weight
-        margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1, dtype=DTYPE)
+        with clock("leaves"):
+            sums = mul(party, np.concatenate([membership, membership], axis=1),
+                       np.concatenate([np.repeat(g[:, None], membership.shape[1], 1),
+                                       np.repeat(h[:, None], membership.shape[1], 1)], axis=1)).sum(axis=0, dtype=DTYPE)
+            leaf_g, leaf_h = np.split(sums, 2)
+            weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
+                            extra_bits=scaling.division_extra_bits)
+            weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
+            shares.leaves = weight
+            margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1,
+                                                                                                   dtype=DTYPE)
         trees.append(shares)
-    return TrainResult(trees, base_score)
+    return TrainResult(trees, base_score, clock.seconds)
 
 
-def _level_histograms(party: Party, fixed, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
+def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
                       parent_g: np.ndarray | None, parent_h: np.ndarray | None,
                       data: SharedData) -> tuple[np.ndarray, np.ndarray]:
     """(G, H) histograms (nodes × F × B) of this level's nodes: left children built, right = parent − left."""
     shape = (data.n_features, data.n_bins)
     if parent_g is None:
-        hist = matmul_fixed_t(party, fixed, np.stack([g, h], axis=1))
+        hist = route.histograms(party, np.stack([g, h], axis=1))
         return hist[:, 0].reshape(1, *shape), hist[:, 1].reshape(1, *shape)
     left = membership[:, 0::2]
     k = left.shape[1]
     weighted = mul(party, np.concatenate([left, left], axis=1),
                    np.concatenate([np.repeat(g[:, None], k, 1), np.repeat(h[:, None], k, 1)], axis=1))
-    hist = matmul_fixed_t(party, fixed, weighted)  # (F·B) × 2k
+    hist = route.histograms(party, weighted)  # (F·B) × 2k
     left_g, left_h = hist[:, :k].T.reshape(k, *shape), hist[:, k:].T.reshape(k, *shape)
     out_g = np.stack([left_g, parent_g - left_g], axis=1).reshape(2 * k, *shape)
     out_h = np.stack([left_h, parent_h - left_h], axis=1).reshape(2 * k, *shape)
@@ -266,7 +314,7 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     return ok, selection, feature, picked.sum(axis=1, dtype=DTYPE)
 
 
-def _route(party: Party, fixed, membership: np.ndarray, selection: np.ndarray, ok: np.ndarray,
+def _route(party: Party, route, membership: np.ndarray, selection: np.ndarray, ok: np.ndarray,
            first_feature: np.ndarray, data: SharedData) -> np.ndarray:
     """Children's membership (n × 2·nodes, interleaved left/right) after this level's splits."""
     nodes = selection.shape[0]
@@ -275,6 +323,6 @@ def _route(party: Party, fixed, membership: np.ndarray, selection: np.ndarray, o
     z = goes_left.reshape(nodes, -1)
     # a node that does not split sends everyone left: Z = first feature's bins (X·Z = 1 for every sample)
     z = first_feature + mul(party, np.broadcast_to(ok[:, None], z.shape), z - first_feature)
-    go_left = matmul_fixed(party, fixed, np.ascontiguousarray(z.T))  # n × nodes, 0/1
+    go_left = route.route(party, np.ascontiguousarray(z.T))  # n × nodes, 0/1
     left = mul(party, membership, go_left)
     return np.stack([left, membership - left], axis=2).reshape(membership.shape[0], 2 * nodes)

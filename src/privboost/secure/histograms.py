@@ -1,0 +1,80 @@
+"""The two routes to per-bin sums in secure training, chosen per job (``histograms = "onehot" | "shuffle"``).
+
+Both give, for shared per-sample columns Y (n × k), the shared sums per (feature, bin) — X^T·Y for the one-hot
+matrix X — and, for a shared per-(feature, bin) matrix Z (F·B × nodes), the shared per-sample X·Z used for routing.
+
+``OneHotRoute`` (default): X (n × F·B) is shared once and its masked opening reused for every product
+(SecureML's reused-mask matrix triples, `protocols.arithmetic`). Reveals nothing. Memory: two n·F·B-word matrices
+per party (E and this party's share), e.g. 3.8 GB at 25,000 × 300 × 32 bins; traffic per product n·k words.
+
+``ShuffleRoute``: per feature f a secret shuffle pi_f (Chase–Ghosh–Poburinnaya, as XORBoost applies permutations
+instead of re-sorting); the bins of feature f are shuffled by pi_f and *opened*. Each level, Y is shuffled by every
+pi_f and summed per bin locally; routing gathers Z by the opened bins and unshuffles. Memory n·F words per party,
+whatever the number of bins. Leakage: opening the shuffled bins of a feature reveals how many samples fall in each
+of its bins (the feature's bin occupancy counts) — nothing about which sample is where, because no party knows
+pi_f. Quantile bins hold about n/B samples each by construction, so this mostly reveals ties and discreteness (e.g.
+how many samples have a binary feature set). Traffic per level F·n·k words per party.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privboost.mpc.protocols.arithmetic import matmul_fixed, matmul_fixed_t, share_fixed_operand
+from privboost.mpc.protocols.shuffle import new_shuffle, shuffle, unshuffle
+from privboost.mpc.ring import DTYPE
+from privboost.mpc.runtime import Party
+
+ROUTES = ("onehot", "shuffle")
+
+
+class OneHotRoute:
+    """Histograms and routing as products with the shared one-hot matrix (nothing revealed)."""
+
+    def __init__(self, party: Party, onehot: np.ndarray) -> None:
+        self.fixed = share_fixed_operand(party, onehot)  # the one-off opening of X - U
+
+    def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
+        """Shares of X^T·Y, (F·B) × k."""
+        return matmul_fixed_t(party, self.fixed, columns)
+
+    def route(self, party: Party, z: np.ndarray) -> np.ndarray:
+        """Shares of X·Z, n × nodes."""
+        return matmul_fixed(party, self.fixed, z)
+
+
+class ShuffleRoute:
+    """Histograms and routing through one secret shuffle per feature (reveals per-feature bin counts)."""
+
+    def __init__(self, party: Party, bins: np.ndarray, n_bins: int) -> None:
+        n, n_features = bins.shape
+        self.n_bins = n_bins
+        self.shuffles = [new_shuffle(party, n) for _ in range(n_features)]
+        opened = [party.open(shuffle(party, sh, np.ascontiguousarray(bins[:, f])))
+                  for f, sh in enumerate(self.shuffles)]
+        self.bins = []
+        for column in opened:
+            if np.any(column >= np.uint64(n_bins)):
+                raise ValueError("a shared bin index is out of range: the owners' data is inconsistent")
+            self.bins.append(column.astype(np.int64))
+        # per feature: rows in bin order, and where each non-empty bin starts (for np.add.reduceat)
+        self.order = [np.argsort(b, kind="stable") for b in self.bins]
+        self.present = [np.unique(b) for b in self.bins]
+        self.starts = [np.searchsorted(b[o], p) for b, o, p in zip(self.bins, self.order, self.present, strict=True)]
+
+    def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
+        """Shares of the per-(feature, bin) sums of Y, (F·B) × k."""
+        k = columns.shape[1]
+        out = np.zeros((len(self.shuffles), self.n_bins, k), DTYPE)
+        for f, sh in enumerate(self.shuffles):
+            moved = shuffle(party, sh, columns)[self.order[f]]
+            out[f, self.present[f]] = np.add.reduceat(moved, self.starts[f], axis=0, dtype=DTYPE)
+        return out.reshape(-1, k)
+
+    def route(self, party: Party, z: np.ndarray) -> np.ndarray:
+        """Shares of sum_f Z[(f, bin of each sample in f)], n × nodes."""
+        per_feature = z.reshape(len(self.shuffles), self.n_bins, -1)
+        total = np.zeros((self.bins[0].size, per_feature.shape[2]), DTYPE)
+        for f, sh in enumerate(self.shuffles):
+            total += unshuffle(party, sh, per_feature[f][self.bins[f]])
+        return total
