@@ -98,6 +98,10 @@ class CorrelationProvider(ABC):
         """(handle, this party's own random permutation of range(size) as gather indices)."""
 
     @abstractmethod
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape) -> dict[str, np.ndarray]:
+        """`permute_masks` for several permutations at once: arrays of shape (len(handles), *shape)."""
+
+    @abstractmethod
     def permute_masks(self, handle: int, step: int, inverse: bool, shape: Shape) -> dict[str, np.ndarray]:
         """Masks of one permute-and-reshare step by party ``step``'s permutation (or its inverse).
 
@@ -259,6 +263,21 @@ def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.n
     return [v0[0][perm] + v0[1]]  # permuter party 1 gets delta = a[P] + b; helper party 0 holds a, b
 
 
+def _gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """values (H, n, ...) with row block h gathered by perms[h] (H, n)."""
+    index = perms.reshape(perms.shape + (1,) * (values.ndim - 2))
+    return np.take_along_axis(values, index, axis=1)
+
+
+def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
+    perms = np.stack([state[("perm", h)][params["step"]] for h in params["handles"]])
+    if params["inverse"]:
+        perms = np.argsort(perms, axis=1)  # the inverse permutation of each row
+    if params["step"] == 0:
+        return [v0[0] - _gather_rows(v1[0], perms)]
+    return [_gather_rows(v0[0], perms) + v0[1]]
+
+
 def _finish_permute(party: int, view: list, corr: list, params: dict):
     if party == params["step"]:
         return {"delta": view[0] if party == 0 else corr[0]}
@@ -277,6 +296,7 @@ KINDS: dict[str, _Kind] = {
     "word_bits": _Kind(_draw_word_bits, _correct_word_bits, _finish_pair, 1),
     "permutation": _Kind(_draw_permutation, _correct_permutation, _finish_permutation, 0),
     "permute": _Kind(_draw_permute, _correct_permute, _finish_permute, 1),
+    "permute_many": _Kind(_draw_permute, _correct_permute_many, _finish_permute, 1),
 }
 
 
@@ -370,6 +390,14 @@ class DealerClient(CorrelationProvider):
         handle = self._handle()
         self._perm_sizes[handle] = size
         return self._get("permutation", {"size": size, "handle": handle})
+
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape):
+        """See CorrelationProvider.permute_masks_many."""
+        for handle in handles:
+            if shape[0] != self._perm_sizes[handle]:
+                raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {shape[0]} rows")
+        return self._get("permute_many", {"handles": list(handles), "step": step, "inverse": inverse,
+                                          "shape": [len(handles), *shape]})
 
     def permute_masks(self, handle: int, step: int, inverse: bool, shape: Shape):
         """See CorrelationProvider.permute_masks."""

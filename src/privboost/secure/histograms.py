@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from privboost.mpc.protocols.arithmetic import matmul_fixed, matmul_fixed_t, share_fixed_operand
-from privboost.mpc.protocols.shuffle import new_shuffle, shuffle, unshuffle
+from privboost.mpc.protocols.shuffle import new_shuffle_batch, shuffle_batch, unshuffle_batch
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
 
@@ -46,35 +46,47 @@ class OneHotRoute:
 class ShuffleRoute:
     """Histograms and routing through one secret shuffle per feature (reveals per-feature bin counts)."""
 
+    #: words per batched shuffle message: features are processed in groups so transient memory stays bounded
+    CHUNK_WORDS = 1 << 24
+
     def __init__(self, party: Party, bins: np.ndarray, n_bins: int) -> None:
         n, n_features = bins.shape
-        self.n_bins = n_bins
-        self.shuffles = [new_shuffle(party, n) for _ in range(n_features)]
-        opened = [party.open(shuffle(party, sh, np.ascontiguousarray(bins[:, f])))
-                  for f, sh in enumerate(self.shuffles)]
-        self.bins = []
-        for column in opened:
-            if np.any(column >= np.uint64(n_bins)):
-                raise ValueError("a shared bin index is out of range: the owners' data is inconsistent")
-            self.bins.append(column.astype(np.int64))
+        self.n_bins, self.n_features = n_bins, n_features
+        self.batch = new_shuffle_batch(party, n_features, n)
+        opened = party.open(shuffle_batch(party, self.batch, np.ascontiguousarray(bins.T)))  # (F, n)
+        if np.any(opened >= np.uint64(n_bins)):
+            raise ValueError("a shared bin index is out of range: the owners' data is inconsistent")
+        self.bins = opened.astype(np.int64)
         # per feature: rows in bin order, and where each non-empty bin starts (for np.add.reduceat)
-        self.order = [np.argsort(b, kind="stable") for b in self.bins]
+        self.order = np.argsort(self.bins, axis=1, kind="stable")
         self.present = [np.unique(b) for b in self.bins]
         self.starts = [np.searchsorted(b[o], p) for b, o, p in zip(self.bins, self.order, self.present, strict=True)]
 
+    def _groups(self, n: int, k: int) -> list[slice]:
+        size = max(1, self.CHUNK_WORDS // max(1, n * k))
+        return [slice(i, min(self.n_features, i + size)) for i in range(0, self.n_features, size)]
+
+    def _sub_batch(self, group: slice):
+        return type(self.batch)(self.batch.shuffles[group])
+
     def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
         """Shares of the per-(feature, bin) sums of Y, (F·B) × k."""
-        k = columns.shape[1]
-        out = np.zeros((len(self.shuffles), self.n_bins, k), DTYPE)
-        for f, sh in enumerate(self.shuffles):
-            moved = shuffle(party, sh, columns)[self.order[f]]
-            out[f, self.present[f]] = np.add.reduceat(moved, self.starts[f], axis=0, dtype=DTYPE)
+        n, k = columns.shape
+        out = np.zeros((self.n_features, self.n_bins, k), DTYPE)
+        for group in self._groups(n, k):
+            count = group.stop - group.start
+            moved = shuffle_batch(party, self._sub_batch(group), np.broadcast_to(columns, (count, n, k)))
+            for j, f in enumerate(range(group.start, group.stop)):
+                out[f, self.present[f]] = np.add.reduceat(moved[j][self.order[f]], self.starts[f], axis=0,
+                                                          dtype=DTYPE)
         return out.reshape(-1, k)
 
     def route(self, party: Party, z: np.ndarray) -> np.ndarray:
         """Shares of sum_f Z[(f, bin of each sample in f)], n × nodes."""
-        per_feature = z.reshape(len(self.shuffles), self.n_bins, -1)
-        total = np.zeros((self.bins[0].size, per_feature.shape[2]), DTYPE)
-        for f, sh in enumerate(self.shuffles):
-            total += unshuffle(party, sh, per_feature[f][self.bins[f]])
+        per_feature = z.reshape(self.n_features, self.n_bins, -1)
+        n, k = self.bins.shape[1], per_feature.shape[2]
+        total = np.zeros((n, k), DTYPE)
+        for group in self._groups(n, k):
+            gathered = np.stack([per_feature[f][self.bins[f]] for f in range(group.start, group.stop)])
+            total += unshuffle_batch(party, self._sub_batch(group), gathered).sum(axis=0, dtype=DTYPE)
         return total

@@ -76,6 +76,53 @@ def unshuffle(party: Party, sh: Shuffle, x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class ShuffleBatch:
+    """Several independent secret shuffles of the same size, applied together (one message per step)."""
+
+    shuffles: list[Shuffle]
+
+    @property
+    def own(self) -> np.ndarray:
+        """This party's permutations, one row each (H, n)."""
+        return np.stack([sh.own for sh in self.shuffles])
+
+
+def new_shuffle_batch(party: Party, count: int, size: int) -> ShuffleBatch:
+    """``count`` fresh secret shuffles of ``size`` rows each."""
+    return ShuffleBatch([new_shuffle(party, size) for _ in range(count)])
+
+
+def _permute_step_many(party: Party, batch: ShuffleBatch, own: np.ndarray, step: int, inverse: bool,
+                       x: np.ndarray) -> np.ndarray:
+    handles = [sh.handle for sh in batch.shuffles]
+    masks = party.correlations.permute_masks_many(handles, step, inverse, x.shape[1:])
+    if party.party_id == step:
+        perms = np.argsort(own, axis=1) if inverse else own
+        index = perms.reshape(perms.shape + (1,) * (x.ndim - 2))
+        return np.take_along_axis(x + party.peer.recv_array(), index, axis=1) + masks["delta"]
+    party.peer.send_array(x - masks["a"])
+    return -masks["b"]
+
+
+def shuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
+    """Shares of every block x[h] (x of shape (H, n, ...)) shuffled by shuffle h."""
+    x = np.ascontiguousarray(x, dtype=DTYPE)
+    own = batch.own
+    if x.shape[:2] != own.shape:
+        raise ValueError(f"the batch shuffles {own.shape[0]} blocks of {own.shape[1]} rows, got shape {x.shape}")
+    return _permute_step_many(party, batch, own, 1, False, _permute_step_many(party, batch, own, 0, False, x))
+
+
+def unshuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
+    """Inverse of `shuffle_batch`."""
+    x = np.ascontiguousarray(x, dtype=DTYPE)
+    own = batch.own
+    if x.shape[:2] != own.shape:
+        raise ValueError(f"the batch shuffles {own.shape[0]} blocks of {own.shape[1]} rows, got shape {x.shape}")
+    return _permute_step_many(party, batch, own, 0, True, _permute_step_many(party, batch, own, 1, True, x))
+
+
+@dataclass
 class SharedPermutation:
     """A secret permutation sigma prepared for repeated application (see `prepare_permutation`).
 
