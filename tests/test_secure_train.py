@@ -1,0 +1,208 @@
+"""Secure training: parity with xgboost hist, identical splits, obliviousness of the message trace, CLI contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xgboost as xgb
+from sklearn.datasets import load_breast_cancer, load_diabetes, make_classification
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
+
+from privboost.datasets import load_nhanes_diabetes
+from privboost.mpc.ring import encode_fixed
+from privboost.mpc.runtime import run_local
+from privboost.mpc.shares import share_arith
+from privboost.secure.analyst import build_ensemble, reveal
+from privboost.secure.binning import bin_columns, one_hot, threshold_bits
+from privboost.secure.trainer import SecureParams, SharedData, TrainingError, train
+
+
+def secure_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, frac_bits: int = 16,
+               route: str = "onehot", record: bool = False):
+    """Share (x, y) as owners would, train in-process, reveal as the analyst; returns (model, LocalRun)."""
+    names = [f"f{j}" for j in range(x.shape[1])]
+    binned = bin_columns(x, names, max_bin)
+    matrix = one_hot(binned.bins, max_bin) if route == "onehot" else binned.bins.astype(np.uint64)
+    shared_x, shared_y = share_arith(matrix), share_arith(encode_fixed(y, frac_bits))
+    shared_t = share_arith(threshold_bits(binned.cuts, max_bin))
+
+    def program(party):
+        i = party.party_id
+        data = SharedData(shared_x[i] if route == "onehot" else None, shared_y[i], shared_t[i], x.shape[1], max_bin,
+                          bins=shared_x[i] if route == "shuffle" else None)
+        return train(party, data, params)
+
+    run = run_local(program, frac_bits=frac_bits, timeout_s=300, record=record)
+    trees = reveal(run.results[0].trees, run.results[1].trees, frac_bits)
+    base = float(((run.results[0].base_score + run.results[1].base_score).view(np.int64) / 2.0**frac_bits)[0])
+    return build_ensemble(trees, params, names, base), run
+
+
+def xgb_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, base: float) -> xgb.Booster:
+    """Plaintext xgboost hist with the same parameters."""
+    return xgb.train({"tree_method": "hist", "max_bin": max_bin, "max_depth": params.max_depth,
+                      "eta": params.learning_rate, "objective": params.objective, "base_score": base,
+                      "reg_lambda": params.reg_lambda, "min_child_weight": params.min_child_weight,
+                      "gamma": params.gamma, "nthread": 2}, xgb.DMatrix(x, label=y), params.n_estimators)
+
+
+def test_splits_identical_to_xgboost_on_a_small_case():
+    x, y = load_breast_cancer(return_X_y=True)
+    x = x.astype(np.float32)
+    params = SecureParams(n_estimators=4, max_depth=3, learning_rate=0.3, base_score=0.5)
+    model, _ = secure_fit(x, y, params, max_bin=16, frac_bits=20)
+    booster = xgb_fit(x, y, params, 16, 0.5)
+    ours = model.to_booster().predict(xgb.DMatrix(x, feature_names=model.feature_names), pred_leaf=True)
+    theirs = booster.predict(xgb.DMatrix(x), pred_leaf=True)
+    for tree in range(params.n_estimators):  # every tree partitions the samples exactly as xgboost's does
+        pairs = set(zip(ours[:, tree].tolist(), theirs[:, tree].tolist(), strict=True))
+        assert len(pairs) == len(set(ours[:, tree])) == len(set(theirs[:, tree]))
+    assert np.abs(model.predict(x) - booster.predict(xgb.DMatrix(x))).max() < 1e-4
+
+
+def _nhanes():
+    frame, labels = load_nhanes_diabetes()
+    rows = np.random.default_rng(0).choice(len(frame), 2500, replace=False)
+    frame = frame.iloc[rows]
+    frame = frame.fillna(frame.median())  # secure training needs complete data: owners impute first
+    return frame.to_numpy(dtype=np.float32), labels[rows].astype(np.float64)
+
+
+CASES = {
+    "breast_cancer": (lambda: load_breast_cancer(return_X_y=True), "binary:logistic", "onehot"),
+    "nhanes_diabetes": (_nhanes, "binary:logistic", "shuffle"),
+    "diabetes_regression": (lambda: load_diabetes(return_X_y=True), "reg:squarederror", "onehot"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_accuracy_parity_with_xgboost_hist(case):
+    loader, objective, route = CASES[case]
+    x, y = loader()
+    x_train, x_test, y_train, y_test = train_test_split(np.asarray(x, np.float32), np.asarray(y, np.float64),
+                                                        test_size=0.3, random_state=1)
+    logistic = objective == "binary:logistic"
+    bound = 1.0 if logistic else 4 * 2.0 ** np.ceil(np.log2(np.abs(y_train).max()))
+    params = SecureParams(objective=objective, n_estimators=6, max_depth=3, learning_rate=0.3,
+                          gradient_bound=bound, base_score=None)
+    model, _ = secure_fit(x_train, y_train, params, max_bin=32, route=route)
+    base = 0.5 if logistic else float(model.base_score[0])
+    if not logistic:
+        assert base == pytest.approx(y_train.mean(), abs=1e-3)  # the securely computed label mean
+    reference = xgb_fit(x_train, y_train, params, 32, base).predict(xgb.DMatrix(x_test))
+    ours = model.predict(x_test)
+    if logistic:
+        assert abs(roc_auc_score(y_test, ours) - roc_auc_score(y_test, reference)) <= 0.005
+    else:
+        rmse = np.sqrt(np.mean((ours - y_test) ** 2))
+        assert rmse <= 1.01 * np.sqrt(np.mean((reference - y_test) ** 2))
+
+
+def _trace(view) -> list:
+    return [("bytes", len(m)) if isinstance(m, bytes) else (m.dtype.str, m.shape) for m in view]
+
+
+def test_message_trace_does_not_depend_on_the_data():
+    params = SecureParams(n_estimators=2, max_depth=3, learning_rate=0.3, base_score=0.5, gamma=0.5)
+    traces = []
+    for seed in (1, 2):  # two unrelated datasets of the same shape
+        x, y = make_classification(n_samples=300, n_features=6, n_informative=3, random_state=seed)
+        if seed == 2:
+            x, y = np.round(x), 1 - y  # different values, ties, flipped labels
+        _, run = secure_fit(x.astype(np.float32), y.astype(np.float64), params, max_bin=8, record=True)
+        traces.append(([_trace(v.peer) for v in run.received], [_trace(v.dealer) for v in run.received],
+                       run.rounds, run.peer_bytes_sent, run.dealer_bytes))
+    assert traces[0] == traces[1]
+    assert traces[0][2][0] > 100  # a real protocol ran
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(TrainingError, match="objective"):
+        SecureParams(objective="multi:softprob").check()
+    with pytest.raises(TrainingError, match="max_depth"):
+        SecureParams(max_depth=0).check()
+
+
+# ------------------------------------------------------------------------------------------ the CLI contract
+def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "privboost", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def hospital_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hospitals")
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    table = x.rename(columns=lambda c: c.replace(" ", "_"))
+    table["patient"] = np.arange(len(table)) * 7 + 3
+    table["malignant"] = y
+    a = table[["patient", *table.columns[:12], "malignant"]].sample(frac=1.0, random_state=3)
+    b = table[["patient", *table.columns[12:30]]]
+    a.to_csv(folder / "A.csv", index=False)
+    b.to_csv(folder / "B.csv", index=False)
+    for i, idx in enumerate(np.array_split(np.random.default_rng(0).permutation(len(table)), 3)):
+        table.drop(columns="patient").iloc[idx].to_csv(folder / f"H{i}.csv", index=False)
+    return folder, table
+
+
+def _auc_of(model_path: Path, table: pd.DataFrame) -> float:
+    booster = xgb.Booster()
+    booster.load_model(str(model_path))
+    return roc_auc_score(table["malignant"], booster.predict(xgb.DMatrix(table[booster.feature_names])))
+
+
+def test_cli_vertical_split_exact_contract(hospital_files):
+    folder, table = hospital_files
+    done = _run_cli(["train", "secure", "--local", "--data", "A.csv", "--data", "B.csv", "--label", "malignant",
+                     "--split", "vertical", "--id-column", "patient", "--out", "model.json", "--n-estimators", "3",
+                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16"], folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((folder / "model.json").read_text())
+    assert doc["learner"]["feature_names"][:2] == ["mean_radius", "mean_texture"]  # as the owners named them
+    reference = xgb_fit(table[doc["learner"]["feature_names"]].to_numpy(np.float32), table["malignant"].to_numpy(),
+                        SecureParams(n_estimators=3, max_depth=3, learning_rate=0.3), 16, 0.5)
+    expected = roc_auc_score(table["malignant"], reference.predict(xgb.DMatrix(
+        table[doc["learner"]["feature_names"]].to_numpy(np.float32))))
+    assert abs(_auc_of(folder / "model.json", table) - expected) <= 0.005
+
+
+def test_cli_horizontal_split(hospital_files):
+    folder, table = hospital_files
+    done = _run_cli(["train", "secure", "--local", "--data", "H0.csv", "--data", "H1.csv", "--data", "H2.csv",
+                     "--label", "malignant", "--split", "horizontal", "--out", "h.json", "--n-estimators", "3",
+                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--histograms", "shuffle"],
+                    folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _auc_of(folder / "h.json", table) > 0.97
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--label", "nope", "--split", "vertical", "--id-column", "patient"], "label"),
+    (["--label", "malignant", "--split", "vertical"], "--id-column"),
+    (["--label", "malignant", "--split", "diagonal", "--id-column", "patient"], "--split"),
+])
+def test_cli_refuses_bad_jobs_without_writing_a_model(hospital_files, args, message):
+    folder, _ = hospital_files
+    done = _run_cli(["train", "secure", "--local", "--data", "A.csv", "--data", "B.csv", *args,
+                     "--out", "bad.json"], folder)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (folder / "bad.json").exists()
+
+
+@pytest.mark.slow
+def test_synthetic_100k_by_100_parity():
+    x, y = make_classification(n_samples=120_000, n_features=100, n_informative=20, random_state=5)
+    x = x.astype(np.float32)
+    params = SecureParams(n_estimators=5, max_depth=4, learning_rate=0.3, base_score=0.5)
+    model, _ = secure_fit(x[:100_000], y[:100_000].astype(np.float64), params, max_bin=32, route="shuffle")
+    reference = xgb_fit(x[:100_000], y[:100_000], params, 32, 0.5).predict(xgb.DMatrix(x[100_000:]))
+    assert abs(roc_auc_score(y[100_000:], model.predict(x[100_000:]))
+               - roc_auc_score(y[100_000:], reference)) <= 0.005
