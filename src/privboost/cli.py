@@ -148,12 +148,13 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where the demo writes its model, keys and database")] = Path(
         "privboost-demo"),
     rows: Annotated[int, typer.Option(help="number of patients to predict")] = 20,
+    secure_trees: Annotated[int, typer.Option(help="trees in the secure-training step (0 skips it)")] = 5,
 ) -> None:
-    """Train XGBoost on NHANES health records, then predict for patients without the server seeing them."""
+    """Encrypted prediction on NHANES health records, then two hospitals training together on secret shares."""
     from privboost.demo import run_demo
 
     try:
-        run_demo(workdir, rows)
+        run_demo(workdir, rows, secure_trees)
     except (*_known_errors(), RuntimeError) as exc:
         _fail(str(exc))
 
