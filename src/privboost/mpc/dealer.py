@@ -17,7 +17,7 @@ Correlations (party p's view; every array uniform on its own):
   trunc_pairs(shape, bits)   r, r >> bits, r >> 63           truncation pairs with the top bit (Escudero et al.,
                                                              CRYPTO 2020; Dalskov-Escudero-Keller, PETS 2020)
   random_bits(shape)         r as XOR bit and as ring element (bit injection / B2A)
-  random_word_bits(shape)    r words and each of their 64 bits as ring elements (64-way bit injection)
+  random_word_bits(shape, c) r words and their low c bits as ring elements (c-way bit injection, c <= 64)
   permutation(n)             pi_p (party p's own random permutation); the dealer keeps both
   permute_masks(h, step)     masks for one permute-and-reshare step (dealer-aided version of Chase-Ghosh-
                              Poburinnaya's share translation, ASIACRYPT 2020; as XORBoost)
@@ -90,8 +90,8 @@ class CorrelationProvider(ABC):
         """(XOR share of a random bit r as 0/1 uint64, arithmetic share of r)."""
 
     @abstractmethod
-    def random_word_bits(self, shape: Shape) -> tuple[np.ndarray, np.ndarray]:
-        """(XOR share of random words r, arithmetic shares of r's 64 bits in a new last axis)."""
+    def random_word_bits(self, shape: Shape, count: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """(XOR share of random words r, arithmetic shares of r's low ``count`` bits in a new last axis)."""
 
     @abstractmethod
     def permutation(self, size: int) -> tuple[int, np.ndarray]:
@@ -219,11 +219,13 @@ def _correct_bits(v0: list, v1: list, params: dict, state: dict) -> list[np.ndar
 
 def _draw_word_bits(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
     shape = _shape(params)
-    return [prg.words(shape), prg.words((*shape, 64))] if party == 0 else [prg.words(shape)]
+    count = int(params.get("count", 64))
+    return [prg.words(shape), prg.words((*shape, count))] if party == 0 else [prg.words(shape)]
 
 
 def _correct_word_bits(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
-    return [word_bits(v0[0] ^ v1[0]) - v0[1]]
+    count = int(params.get("count", 64))
+    return [word_bits(v0[0] ^ v1[0])[..., :count] - v0[1]]
 
 
 def _draw_permutation(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
@@ -381,9 +383,11 @@ class DealerClient(CorrelationProvider):
         """See CorrelationProvider.random_bits."""
         return self._get("bits", {"shape": list(shape)})
 
-    def random_word_bits(self, shape: Shape):
+    def random_word_bits(self, shape: Shape, count: int = 64):
         """See CorrelationProvider.random_word_bits."""
-        return self._get("word_bits", {"shape": list(shape)})
+        if not 1 <= count <= 64:
+            raise DealerError("a word has 1 to 64 bits")
+        return self._get("word_bits", {"shape": list(shape), "count": count})
 
     def permutation(self, size: int):
         """See CorrelationProvider.permutation."""

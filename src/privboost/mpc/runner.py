@@ -74,7 +74,7 @@ import numpy as np
 from privboost.mpc.dealer import DealerClient, TrustedDealer
 from privboost.mpc.ring import DEFAULT_FRAC_BITS, decode_fixed, encode_fixed, to_signed
 from privboost.mpc.runtime import Party
-from privboost.mpc.transport import Channel, MpcError, TlsListener, connect_tls, tls_context
+from privboost.mpc.transport import Channel, MpcError, TlsListener, connect_tls, raise_after_write, tls_context
 from privboost.net.certs import CertPaths, make_certificates
 
 ROLES = ("party0", "party1", "dealer")
@@ -607,14 +607,15 @@ def write_report(config: RunConfig, report: PartyReport | DealerReport) -> str:
 def handle_signals() -> Iterator[None]:
     """Within the block, SIGINT raises KeyboardInterrupt and SIGTERM raises `Terminated` in the main thread.
 
-    So a stopped role aborts its channels with a reason instead of vanishing; SIGINT is re-armed because a child
-    started from a non-interactive shell inherits it ignored.
+    So a stopped role aborts its channels with a reason instead of vanishing. The exception waits for the end of a
+    socket write in progress (`transport.raise_after_write`), so the abort frame can still be framed. SIGINT is
+    re-armed because a child started from a non-interactive shell inherits it ignored.
     """
 
-    def raise_terminated(signum: int, frame: object) -> None:
-        raise Terminated()
+    def stop(signum: int, frame: object) -> None:
+        raise_after_write(KeyboardInterrupt() if signum == signal.SIGINT else Terminated())
 
-    previous = signal.signal(signal.SIGTERM, raise_terminated), signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, stop), signal.signal(signal.SIGINT, stop)
     try:
         yield
     finally:

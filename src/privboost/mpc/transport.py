@@ -24,6 +24,7 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -230,41 +231,97 @@ def in_process_pair(name_a: str, name_b: str, timeout_s: float = DEFAULT_TIMEOUT
     return end_a, end_b
 
 
+class _WriteGuard(threading.local):
+    """Per thread: how deep it is inside a socket write, and a stop request deferred until the write is recorded."""
+
+    depth = 0
+    pending: BaseException | None = None
+
+
+_write_guard = _WriteGuard()
+
+
+def raise_after_write(exc: BaseException) -> None:
+    """For signal handlers: raise ``exc`` now, or, inside a socket write, as soon as its byte count is recorded.
+
+    An exception landing between a TLS write and its bookkeeping would lose track of bytes already sent: the frame
+    could then be neither completed nor followed by an abort frame, and the peer would not learn why this side
+    stopped. The deferral lasts one non-blocking write call (microseconds).
+    """
+    if _write_guard.depth:
+        _write_guard.pending = exc
+        return
+    raise exc
+
+
 class SocketChannel(Channel):
-    """Channel end over a connected (TLS) socket; `exchange` sends and receives concurrently."""
+    """Channel end over a connected (TLS) socket; `exchange` sends and receives concurrently.
+
+    All writes are non-blocking and recorded (frame parts, position), so a frame cut by a timeout or an interrupt
+    can be completed by `abort` before its abort frame; reads outside `exchange` are blocking with the timeout.
+    """
 
     def __init__(self, sock: socket.socket, peer_name: str, send_first: bool,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(peer_name, send_first, timeout_s)
         self._sock = sock
-        # True while a frame is partly written: after a failure there, no further frame can be framed correctly,
-        # so `abort` only closes (the peer then sees a disconnect instead of garbage).
-        self._mid_frame = False
+        self._out: list[memoryview] = []  # the frame being written, in parts; _out_part == len(_out): none
+        self._out_part = self._out_pos = 0
         sock.settimeout(timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not a TCP socket (e.g. a socketpair in tests): nothing to tune
             pass
 
+    @property
+    def _frame_in_flight(self) -> bool:
+        return self._out_part < len(self._out)
+
+    def _start_frame(self, kind: int, header: bytes, payload: memoryview) -> int:
+        head = PREFIX.pack(kind, len(header), payload.nbytes) + header
+        if payload.nbytes <= 1 << 16:  # one write, one TLS record: a small frame leaves in one segment
+            self._out = [memoryview(head + bytes(payload))]
+        else:
+            self._out = [memoryview(head), payload]
+        self._out_part = self._out_pos = 0
+        return len(head) + payload.nbytes
+
+    def _write_step(self) -> int:
+        """One non-blocking write of the frame in flight; returns bytes written (TLS may raise SSLWant*Error).
+
+        A write that TLS could not finish is retried with the same chunk, as OpenSSL requires.
+        """
+        guard = _write_guard
+        guard.depth += 1
+        try:
+            part = self._out[self._out_part]
+            n = self._sock.send(part[self._out_pos:self._out_pos + _SEND_CHUNK])
+            self._out_pos += n
+            if self._out_pos >= len(part):
+                self._out_part, self._out_pos = self._out_part + 1, 0
+        finally:
+            guard.depth -= 1
+            if guard.pending is not None and not guard.depth:
+                exc, guard.pending = guard.pending, None
+                raise exc  # the deferred stop request, now that the write is recorded
+        return n
+
     def _send_frame(self, kind: int, header: bytes, payload: memoryview) -> None:
         if kind in (KIND_ABORT, KIND_CLOSE):
-            if self._mid_frame:
-                raise TransportError(f"a frame to {self.peer_name} was cut off; cannot frame another")
-            # a failing side must not hang on a peer that no longer reads: bound the last word's send
-            self._sock.settimeout(min(self.timeout_s, 5.0))
-        self._mid_frame = True
-        try:
-            head = PREFIX.pack(kind, len(header), payload.nbytes) + header
-            if payload.nbytes <= 1 << 16:  # one write, one TLS record: small frames leave in one segment
-                self._sock.sendall(head + bytes(payload))
-            else:
-                self._sock.sendall(head)
-                self._sock.sendall(payload)
-        except TimeoutError:
-            raise TransportTimeout(f"could not send to {self.peer_name} within {self.timeout_s:g} s") from None
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
-            raise PeerDisconnected(f"connection to {self.peer_name} lost while sending: {exc}") from None
-        self._mid_frame = False
+            # a failing side must not hang on a peer that no longer reads: bound the last words
+            limit = min(self.timeout_s, 2.0)
+            if self._frame_in_flight:  # finish the cut frame, or the abort frame would be read as its payload
+                try:
+                    self._pump(receive=False, timeout_s=limit)
+                except TransportError:
+                    raise TransportError(f"a frame to {self.peer_name} was cut off; cannot frame another") from None
+            self._start_frame(kind, header, payload)
+            self._pump(receive=False, timeout_s=limit)
+            return
+        if self._frame_in_flight:
+            raise TransportError(f"a frame to {self.peer_name} was cut off; cannot frame another")
+        self._start_frame(kind, header, payload)
+        self._pump(receive=False, timeout_s=self.timeout_s)
 
     def _recv_exact(self, count: int) -> bytearray:
         buf = bytearray(count)
@@ -301,37 +358,36 @@ class SocketChannel(Channel):
             raise TypeError(f"cannot send arrays of dtype {arr.dtype}")
         if self._closed:
             raise TransportError(f"channel to {self.peer_name} is closed")
+        if self._frame_in_flight:
+            raise TransportError(f"a frame to {self.peer_name} was cut off; cannot frame another")
         self.stats.rounds += 1
-        header = _array_header(arr)
-        head = PREFIX.pack(KIND_ARRAY, len(header), arr.nbytes) + header
-        payload = memoryview(arr.reshape(-1)).cast("B")
-        kind, their_header, their_payload, sent = self._duplex(head, payload)
-        if sent:
-            self.stats.bytes_sent += len(head) + payload.nbytes
+        size = self._start_frame(KIND_ARRAY, _array_header(arr), memoryview(arr.reshape(-1)).cast("B"))
+        received = self._pump(receive=True, timeout_s=self.timeout_s)
+        assert received is not None
+        kind, header, payload = received
+        if not self._frame_in_flight:  # not when the peer's frame is an abort that stopped the sending
+            self.stats.bytes_sent += size
             self.stats.messages_sent += 1
-        their_header, their_payload = self._check_frame(kind, their_header, their_payload, KIND_ARRAY)
-        return _parse_array(their_header, their_payload)
+        header, payload = self._check_frame(kind, header, payload, KIND_ARRAY)
+        return _parse_array(header, payload)
 
-    def _duplex(self, head: bytes, payload: memoryview) -> tuple[int, bytes, bytearray, bool]:
-        """Write one frame and read one frame at the same time on the non-blocking socket.
+    def _pump(self, receive: bool, timeout_s: float) -> tuple[int, bytes, bytearray] | None:
+        """Write the frame in flight and, if ``receive``, read one frame at the same time (non-blocking + poll).
 
-        One thread drives both directions (an OpenSSL connection must not be used from two threads at once). A
-        write that TLS could not finish is retried with the same chunk, as OpenSSL requires. Returns the received
-        frame and whether the own frame was sent completely (it is not when the peer's frame is an abort).
+        One thread drives both directions (an OpenSSL connection must not be used from two threads at once).
+        Returns the received frame (early if it is not an array, e.g. an abort: the own frame stays in flight).
+        Raises `TransportTimeout` after ``timeout_s`` without progress, `PeerDisconnected` on a broken connection.
         """
         sock = self._sock
-        outgoing = [memoryview(head), payload] if payload.nbytes else [memoryview(head)]
-        part = pos = 0
-        sending = receiving = True
+        receiving = receive
         send_error: PeerDisconnected | None = None
         stage, buf, got = 0, bytearray(PREFIX.size), 0  # receive stages: 0 prefix, 1 header, 2 payload
         kind = payload_len = 0
         header = b""
         poller = select.poll()
         registered = 0
-        self._mid_frame = True
         sock.settimeout(0.0)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
             while True:
                 progressed = False
@@ -363,40 +419,35 @@ class SocketChannel(Channel):
                         raise send_error or PeerDisconnected(f"{self.peer_name} closed the connection (process ended?)")
                     got += n
                     progressed = True
-                if not receiving and (not sending or kind != KIND_ARRAY):  # done, or the peer aborted: stop
-                    if send_error is not None and kind == KIND_ARRAY:
+                sending = send_error is None and self._frame_in_flight
+                if not receiving and (not sending or (receive and kind != KIND_ARRAY)):  # done, or peer aborted
+                    if send_error is not None and not (receive and kind in (KIND_ABORT, KIND_CLOSE)):
                         raise send_error
-                    return kind, header, buf, part == len(outgoing)
+                    return (kind, header, buf) if receive else None
                 # Write after reading: an abort frame already waiting is seen before a write could fail on
                 # the reset that follows it (a failed write ends the TLS connection, unread frames included).
                 if sending:
                     try:
-                        n = sock.send(outgoing[part][pos:pos + _SEND_CHUNK])
+                        progressed = self._write_step() > 0 or progressed
                     except ssl.SSLWantReadError:
                         wait |= select.POLLIN
                     except (ssl.SSLWantWriteError, BlockingIOError):
                         wait |= select.POLLOUT
                     except (ConnectionError, ssl.SSLError, OSError) as exc:
-                        # keep reading briefly: the peer may have sent an abort frame (its reason) before closing
-                        sending = False
                         send_error = PeerDisconnected(f"connection to {self.peer_name} lost while sending: {exc}")
+                        if not receiving:
+                            raise send_error from None
+                        # keep reading briefly: the peer may have sent an abort frame (its reason) before closing
                         deadline = min(deadline, time.monotonic() + 1.0)
-                    else:
-                        progressed = n > 0
-                        pos += n
-                        if pos >= len(outgoing[part]):
-                            part, pos = part + 1, 0
-                            if part == len(outgoing):
-                                sending = False
-                                self._mid_frame = False
                 now = time.monotonic()
                 if progressed:
                     if send_error is None:
-                        deadline = now + self.timeout_s
+                        deadline = now + timeout_s
                     continue
                 if now >= deadline or not wait:
                     raise send_error or TransportTimeout(
-                        f"no progress exchanging with {self.peer_name} within {self.timeout_s:g} s")
+                        f"no progress {'exchanging with' if receive else 'sending to'} {self.peer_name} "
+                        f"within {timeout_s:g} s")
                 if wait != registered:
                     if registered:
                         poller.modify(sock, wait)

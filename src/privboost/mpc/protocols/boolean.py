@@ -94,10 +94,10 @@ def b2a_bits(party: Party, bits: np.ndarray) -> np.ndarray:
     return share + c if party.is_leader else share
 
 
-def bit_injection(party: Party, words: np.ndarray) -> np.ndarray:
-    """Arithmetic shares of all 64 bits of XOR-shared words, in a new last axis (bit j at index j); one round."""
+def bit_injection(party: Party, words: np.ndarray, count: int = 64) -> np.ndarray:
+    """Arithmetic shares of the low ``count`` bits of XOR-shared words, in a new last axis (bit j at index j)."""
     words = np.asarray(words, DTYPE)
-    r_words, r_arith = party.correlations.random_word_bits(words.shape)
-    c = word_bits(party.open_bool(words ^ r_words))
+    r_words, r_arith = party.correlations.random_word_bits(words.shape, count)
+    c = word_bits(party.open_bool(words ^ r_words))[..., :count]
     share = r_arith - (c * r_arith << _ONE)
     return share + c if party.is_leader else share

@@ -65,7 +65,7 @@ def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
     spread = a2b(party, x)
     for shift in (1, 2, 4, 8, 16, 32):  # ones from the top set bit down
         spread = or_words(party, spread, spread >> np.uint64(shift))
-    top_bit = bit_injection(party, spread ^ (spread >> np.uint64(1)))[..., :max_bits]  # one-hot of x's MSB k
+    top_bit = bit_injection(party, spread ^ (spread >> np.uint64(1)), max_bits)  # one-hot of x's MSB k
     powers = np.array([1 << (max_bits - 1 - j) for j in range(max_bits)], dtype=DTYPE)
     scale = (top_bit * powers).sum(axis=-1, dtype=DTYPE)  # 2^(max_bits - 1 - k)
     normalised = truncate(party, mul(party, x, scale), max_bits - internal)  # in [0.5, 1), `internal` bits
@@ -87,7 +87,7 @@ def divide(party: Party, numerator: np.ndarray, denominator: np.ndarray, max_bit
 def _exp_neg_internal(party: Party, t: np.ndarray) -> np.ndarray:
     """Shares of e^-t at INTERNAL_BITS fractional bits, t >= 0 at the party's fractional bits."""
     f, bits = party.frac_bits, INTERNAL_BITS
-    t_bits = bit_injection(party, a2b(party, np.asarray(t, DTYPE)))[..., :63]
+    t_bits = bit_injection(party, a2b(party, np.asarray(t, DTYPE)), 63)
     factors = np.array([round(math.exp(-math.ldexp(1.0, j - f)) * 2**bits) - 2**bits for j in range(63)],
                        dtype=np.int64).view(DTYPE)
     terms = add_public(party, t_bits * factors, ring_constant(1 << bits))  # 1 + b_j (e^(-2^(j-f)) - 1)
