@@ -158,3 +158,34 @@ def prepare_permutation(party: Party, destinations: np.ndarray) -> SharedPermuta
     if not np.array_equal(np.sort(revealed), np.arange(destinations.size)):
         raise ValueError("the shared destinations are not a permutation of 0..n-1")
     return SharedPermutation(sh, revealed)
+
+
+@dataclass
+class SharedPermutationBatch:
+    """Several secret permutations of the same size prepared together (see `prepare_permutations`)."""
+
+    batch: ShuffleBatch
+    revealed: np.ndarray  # (H, n): row h is sigma_h∘pi_h
+
+    def apply(self, party: Party, x: np.ndarray) -> np.ndarray:
+        """Shares of (H, n, ...) with block h = x (n, ...) moved by sigma_h: ``y[h][sigma_h[i]] = x[i]``."""
+        x = np.ascontiguousarray(x, dtype=DTYPE)
+        count = self.revealed.shape[0]
+        moved = shuffle_batch(party, self.batch, np.broadcast_to(x, (count, *x.shape)))
+        out = np.empty_like(moved)
+        index = self.revealed.reshape(self.revealed.shape + (1,) * (moved.ndim - 2))
+        np.put_along_axis(out, np.broadcast_to(index, moved.shape), moved, axis=1)
+        return out
+
+
+def prepare_permutations(party: Party, destinations: np.ndarray) -> SharedPermutationBatch:
+    """`prepare_permutation` for H shared permutations at once (destinations of shape (H, n)), one opening."""
+    destinations = np.ascontiguousarray(destinations, dtype=DTYPE)
+    if destinations.ndim != 2:
+        raise ValueError("destinations must be an (H, n) shared array")
+    batch = new_shuffle_batch(party, *destinations.shape)
+    revealed = party.open(shuffle_batch(party, batch, destinations)).astype(np.int64)
+    if not np.array_equal(np.sort(revealed, axis=1), np.broadcast_to(np.arange(destinations.shape[1]),
+                                                                      revealed.shape)):
+        raise ValueError("the shared destinations are not permutations of 0..n-1")
+    return SharedPermutationBatch(batch, revealed)
