@@ -47,9 +47,9 @@ _ONE = np.uint64(1)
 _BIT_INDEX = np.arange(64, dtype=DTYPE)
 
 
-def word_bits(words: np.ndarray) -> np.ndarray:
-    """Each uint64's 64 bits as 0/1 uint64s, in a new last axis (bit j at index j)."""
-    return (words[..., None] >> _BIT_INDEX) & _ONE
+def word_bits(words: np.ndarray, count: int = 64) -> np.ndarray:
+    """Each uint64's low ``count`` bits as 0/1 uint64s, in a new last axis (bit j at index j)."""
+    return (words[..., None] >> _BIT_INDEX[:count]) & _ONE
 
 
 class CorrelationProvider(ABC):
@@ -225,7 +225,7 @@ def _draw_word_bits(party: int, prg: Prg, params: dict, state: dict) -> list[np.
 
 def _correct_word_bits(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
     count = int(params.get("count", 64))
-    return [word_bits(v0[0] ^ v1[0])[..., :count] - v0[1]]
+    return [word_bits(v0[0] ^ v1[0], count) - v0[1]]
 
 
 def _draw_permutation(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:

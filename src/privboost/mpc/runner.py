@@ -506,7 +506,10 @@ def run_party(config: RunConfig, progress: Callable[[str], None] | None = None) 
             channels.append(dealer)
             say(f"{role}: connected to dealer at {config.dealer.host}:{config.dealer.port}")
             client = DealerClient.connect(pid, dealer)  # waits (connect timeout) until the other party is there too
-            _set_timeout(dealer, config.timeout_s)
+            if pid == 0:
+                dealer.close()  # the dealer deals party 0 only its seed
+            else:
+                _set_timeout(dealer, config.timeout_s)
             if listener is not None:
                 peer = listener.accept({"party1"}, send_first=True, timeout_s=config.connect_timeout_s)
                 listener.close()

@@ -98,6 +98,6 @@ def bit_injection(party: Party, words: np.ndarray, count: int = 64) -> np.ndarra
     """Arithmetic shares of the low ``count`` bits of XOR-shared words, in a new last axis (bit j at index j)."""
     words = np.asarray(words, DTYPE)
     r_words, r_arith = party.correlations.random_word_bits(words.shape, count)
-    c = word_bits(party.open_bool(words ^ r_words))[..., :count]
+    c = word_bits(party.open_bool(words ^ r_words), count)
     share = r_arith - (c * r_arith << _ONE)
     return share + c if party.is_leader else share

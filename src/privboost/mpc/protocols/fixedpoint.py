@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from privboost.mpc.dealer import word_bits
 from privboost.mpc.protocols.arithmetic import add_public, mul, truncate
 from privboost.mpc.protocols.boolean import a2b, bit_injection, or_words
 from privboost.mpc.protocols.compare import ltz
@@ -52,6 +53,25 @@ def _newton_reciprocal(party: Party, x: np.ndarray, bits: int) -> np.ndarray:
     return y
 
 
+def _msb_scale(party: Party, one_hot: np.ndarray, width: int) -> np.ndarray:
+    """Arithmetic shares of sum_j b_j·2^(width-1-j) for XOR-shared words b (bits >= width are 0).
+
+    Bit injection (daBits) fused with the public weights: with r the dealer's random word, c = b XOR r opened and
+    r_j arithmetic-shared, b_j = c_j + r_j − 2·c_j·r_j, so the weighted sum is sum_j r_j·w_j·(1 − 2c_j) plus the
+    public sum_j c_j·w_j (added by party 0) — one pass over the bits instead of materialising every b_j.
+    """
+    words = np.asarray(one_hot, DTYPE)
+    r_words, r_bits = party.correlations.random_word_bits(words.shape, width)
+    c = party.open_bool(words ^ r_words)
+    weights = np.array([1 << (width - 1 - j) for j in range(width)], dtype=DTYPE)
+    c_bits = word_bits(c, width)
+    signed = weights - ((c_bits * weights) << np.uint64(1))  # w_j·(1 − 2c_j) mod 2^64
+    share = np.einsum("...j,...j->...", r_bits, signed)
+    if party.is_leader:
+        share = share + (c_bits * weights).sum(axis=-1, dtype=DTYPE)
+    return share
+
+
 def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
                out_bits: int | None = None) -> np.ndarray:
     """Shares of 1/x at ``out_bits`` fractional bits (default f) for fixed-point x, 2^-f <= x < 2^(max_bits - f)."""
@@ -65,9 +85,7 @@ def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
     spread = a2b(party, x)
     for shift in (1, 2, 4, 8, 16, 32):  # ones from the top set bit down
         spread = or_words(party, spread, spread >> np.uint64(shift))
-    top_bit = bit_injection(party, spread ^ (spread >> np.uint64(1)), max_bits)  # one-hot of x's MSB k
-    powers = np.array([1 << (max_bits - 1 - j) for j in range(max_bits)], dtype=DTYPE)
-    scale = (top_bit * powers).sum(axis=-1, dtype=DTYPE)  # 2^(max_bits - 1 - k)
+    scale = _msb_scale(party, spread ^ (spread >> np.uint64(1)), max_bits)  # 2^(max_bits - 1 - k)
     normalised = truncate(party, mul(party, x, scale), max_bits - internal)  # in [0.5, 1), `internal` bits
     inverse = _newton_reciprocal(party, normalised, internal)
     return truncate(party, mul(party, inverse, scale), internal + max_bits - f - out_bits)
