@@ -160,7 +160,7 @@ def _draw_fixed_mask(party: int, prg: Prg, params: dict, state: dict) -> list[np
 
 
 def _correct_fixed_mask(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
-    state[("fixed", params["handle"])] = v0[0] + v1[0]
+    state[("fixed", params["handle"])] = np.add(v0[0], v1[0], out=v0[0])  # in place: U can be gigabytes
     return []
 
 

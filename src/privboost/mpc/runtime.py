@@ -53,7 +53,10 @@ class Party:
     def open(self, share: np.ndarray) -> np.ndarray:
         """Reveal an arithmetic-shared array to both parties (one round)."""
         share = np.ascontiguousarray(share, dtype=DTYPE)
-        return share + self.peer.exchange(share)
+        theirs = self.peer.exchange(share)
+        if theirs.flags.writeable:  # add into the received buffer: no third array for large openings
+            return np.add(theirs, share, out=theirs)
+        return theirs + share
 
     def open_many(self, *shares: np.ndarray) -> list[np.ndarray]:
         """Reveal several arithmetic-shared arrays in one round."""

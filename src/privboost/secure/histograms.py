@@ -32,7 +32,7 @@ class OneHotRoute:
     """Histograms and routing as products with the shared one-hot matrix (nothing revealed)."""
 
     def __init__(self, party: Party, onehot: np.ndarray) -> None:
-        self.fixed = share_fixed_operand(party, onehot)  # the one-off opening of X - U
+        self.fixed = share_fixed_operand(party, onehot, consume=True)  # the one-off opening of X - U
 
     def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
         """Shares of X^T·Y, (F·B) × k."""

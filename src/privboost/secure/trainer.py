@@ -91,7 +91,8 @@ class SharedData:
     """One party's shares of the training data, as the owners dealt them.
 
     Exactly one of ``onehot`` (for the one-hot route) and ``bins`` (for the shuffle route) is given; see
-    `histograms` for what each route costs and reveals. `train` drops ``onehot`` once it is opened, to save memory.
+    `histograms` for what each route costs and reveals. `train` consumes ``onehot`` (overwrites it in place and
+    drops it) to save memory: pass a copy if you still need it.
     """
 
     onehot: np.ndarray | None  # n × F·B, 0/1 (integers, not fixed point)

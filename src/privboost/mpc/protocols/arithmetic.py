@@ -114,13 +114,23 @@ class FixedOperand:
         return self.opened.shape
 
 
-def share_fixed_operand(party: Party, x: np.ndarray) -> FixedOperand:
-    """Open X - U once for a shared X (n×m); the result serves any number of `matmul_fixed_t` products."""
+def share_fixed_operand(party: Party, x: np.ndarray, consume: bool = False) -> FixedOperand:
+    """Open X - U once for a shared X (n×m); the result serves any number of `matmul_fixed_t` products.
+
+    With ``consume=True`` the caller's ``x`` (a uint64 array) is overwritten and reused, so a large operand costs
+    three matrices of memory at the peak instead of five.
+    """
     x = np.asarray(x, DTYPE)
     n, m = x.shape
     handle, u = party.correlations.fixed_mask(n, m)
-    opened = party.open(x - u)
-    return FixedOperand(handle, opened, opened + u if party.is_leader else u)
+    masked = np.subtract(x, u, out=x) if consume and x.flags.writeable else x - u
+    opened = party.open(masked)
+    if party.is_leader:
+        left = np.add(opened, u, out=masked)
+        del u
+    else:
+        left = u
+    return FixedOperand(handle, opened, left)
 
 
 def precompute_products(party: Party, fixed: FixedOperand, k: int, count: int) -> None:
