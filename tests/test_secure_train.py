@@ -206,3 +206,41 @@ def test_synthetic_100k_by_100_parity():
     reference = xgb_fit(x[:100_000], y[:100_000], params, 32, 0.5).predict(xgb.DMatrix(x[100_000:]))
     assert abs(roc_auc_score(y[100_000:], model.predict(x[100_000:]))
                - roc_auc_score(y[100_000:], reference)) <= 0.005
+
+
+def test_killed_party_stops_every_role_with_a_clear_error(tmp_path):
+    import os
+    import signal
+    import time
+
+    from privboost.secure.job import JobError
+    from privboost.secure.local import run_local_job
+
+    x, y = load_breast_cancer(return_X_y=True, as_frame=True)
+    table = x.rename(columns=lambda c: c.replace(" ", "_"))
+    table["id"] = np.arange(len(table))
+    table["target"] = y
+    table[["id", *table.columns[:10], "target"]].to_csv(tmp_path / "a.csv", index=False)
+    table[["id", *table.columns[10:30]]].to_csv(tmp_path / "b.csv", index=False)
+    work = tmp_path / "job"
+    killed = []
+
+    def kill_party0(event: dict) -> None:
+        if not killed:  # training has started: kill party 0 outright (no chance to say goodbye)
+            pid_of = subprocess.run(["pgrep", "-f", str(work / "party0.toml")], capture_output=True, text=True)
+            for pid in pid_of.stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    start = time.monotonic()
+    with pytest.raises(JobError) as failure:
+        run_local_job([tmp_path / "a.csv", tmp_path / "b.csv"], "target", tmp_path / "m.json",
+                      SecureParams(n_estimators=20, max_depth=3), 16, "vertical", "id", timeout_s=15.0,
+                      progress=kill_party0, workdir=work)
+    assert killed, "training never reported progress"
+    assert time.monotonic() - start < 90
+    message = str(failure.value)
+    assert "party0" in message or "party1" in message
+    assert "closed the connection" in message or "-9" in message or "aborted" in message
+    assert not (tmp_path / "m.json").exists()
+    assert subprocess.run(["pgrep", "-f", str(work)], capture_output=True).returncode == 1  # nothing left running
