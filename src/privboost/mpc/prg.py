@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from privboost.mpc.ring import DTYPE
 
 SEED_BYTES = 32
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 
 
 def new_seed() -> bytes:
@@ -34,8 +36,14 @@ class Prg:
         """Uniform uint64 array of ``shape``."""
         count = int(np.prod(shape, dtype=np.int64))
         self.words_drawn += count
-        stream = self._encryptor.update(bytes(8 * count))
-        return np.frombuffer(stream, dtype=DTYPE).reshape(shape).copy() if count else np.zeros(shape, DTYPE)
+        size = 8 * count
+        # encrypt zeros chunk by chunk straight into the result's buffer (update_into needs 15 spare bytes)
+        buffer = bytearray(size + 15)
+        view = memoryview(buffer)
+        for start in range(0, size, _CHUNK):
+            length = min(_CHUNK, size - start)
+            self._encryptor.update_into(_ZEROS[:length] if length < _CHUNK else _ZEROS, view[start:start + length + 15])
+        return np.frombuffer(buffer, dtype=DTYPE, count=count).reshape(shape)
 
     def bits(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform 0/1 uint64 array of ``shape`` (one bit drawn per element, 64 elements per word drawn)."""
