@@ -16,7 +16,8 @@ Config (TOML, one file per role; relative paths are relative to the file)::
 
     role = "party0"                  # "party0" | "party1" | "dealer"
     program = "selfcheck"            # parties only: a registered name or "package.module:function"
-    timeout_s = 60                   # longest silence tolerated on any channel (default 60)
+    timeout_s = 60                   # longest silence tolerated on any channel (default 60): keep it above the
+                                     # longest local computation between two messages
     connect_timeout_s = 60           # how long to wait for the other roles to come up (default: timeout_s)
     frac_bits = 16                   # fixed-point fractional bits (default 16)
     report = "party0.report.json"    # optional: also write the JSON report here
@@ -74,7 +75,15 @@ import numpy as np
 from privboost.mpc.dealer import DealerClient, TrustedDealer
 from privboost.mpc.ring import DEFAULT_FRAC_BITS, decode_fixed, encode_fixed, to_signed
 from privboost.mpc.runtime import Party
-from privboost.mpc.transport import Channel, MpcError, TlsListener, connect_tls, raise_after_write, tls_context
+from privboost.mpc.transport import (
+    Channel,
+    MpcError,
+    TlsListener,
+    TransportTimeout,
+    connect_tls,
+    raise_after_write,
+    tls_context,
+)
 from privboost.net.certs import CertPaths, make_certificates
 
 ROLES = ("party0", "party1", "dealer")
@@ -97,7 +106,7 @@ class RunError(MpcError):
 
 
 class Terminated(BaseException):  # a signal, like KeyboardInterrupt: not caught by `except Exception`
-    """Raised in the main thread on SIGTERM (see `handle_sigterm`)."""
+    """Raised in the main thread on SIGTERM (see `handle_signals`)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -505,7 +514,13 @@ def run_party(config: RunConfig, progress: Callable[[str], None] | None = None) 
                                  timeout_s=config.connect_timeout_s)
             channels.append(dealer)
             say(f"{role}: connected to dealer at {config.dealer.host}:{config.dealer.port}")
-            client = DealerClient.connect(pid, dealer)  # waits (connect timeout) until the other party is there too
+            try:  # the dealer deals once both parties are connected to it: this waits for the other party
+                client = DealerClient.connect(pid, dealer)
+            except TransportTimeout:
+                other = "party1" if pid == 0 else "party0"
+                raise TransportTimeout(f"the dealer dealt no seed within {config.connect_timeout_s:g} s: is {other} "
+                                       f"running and able to reach the dealer at {config.dealer.host}:"
+                                       f"{config.dealer.port}?") from None
             if pid == 0:
                 dealer.close()  # the dealer deals party 0 only its seed
             else:
@@ -704,11 +719,14 @@ class LocalRunError(MpcError):
 
 
 def _tail(path: Path, lines: int = 5) -> str:
+    """The role's error line (the CLI prints exactly one), else the last ``lines`` lines (e.g. a crash)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    all_lines = [line.strip() for line in text.strip().splitlines()]
+    errors = [line for line in all_lines if line.startswith("error:")]
+    return errors[-1] if errors else " | ".join(all_lines[-lines:])
 
 
 def run_local_processes(program: str, params: dict | None = None, workdir: str | os.PathLike | None = None,
@@ -718,8 +736,12 @@ def run_local_processes(program: str, params: dict | None = None, workdir: str |
 
     Writes configs, certificates, ``<role>.stderr.log`` and reports into ``workdir`` (a new temporary directory
     if None). Children inherit the working directory, so a ``program = "package.module:function"`` found there is
-    importable. Raises `LocalRunError` naming every failed role (earliest failure first) with its stderr tail.
+    importable (``env`` adds variables, e.g. PYTHONPATH). Raises `ConfigError` for an unknown program name, and
+    `LocalRunError` naming every failed role with its stderr tail: root causes first (roles that only report
+    another's abort come after), then in order of exit.
     """
+    if ":" not in program:
+        resolve_program(program, "run_local_processes")  # fail here, not after three processes time out
     work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="privboost-mpc-"))
     configs = write_local_configs(work, program, params, timeout_s=timeout_s, frac_bits=frac_bits)
     procs: dict[str, subprocess.Popen] = {}
@@ -756,6 +778,7 @@ def run_local_processes(program: str, params: dict | None = None, workdir: str |
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
     # root causes first: a role that reports another's abort only reacted to it
     tails = {r: _tail(logs[r]) for r in procs}
     failed = sorted((r for r in procs if procs[r].returncode != 0),

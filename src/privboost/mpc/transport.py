@@ -6,11 +6,14 @@ raw bytes. An ``abort`` frame carries a UTF-8 reason: the receiver raises `PeerA
 tells its peers why before it exits. Every receive has a timeout (`TransportTimeout`); a vanished peer raises
 `PeerDisconnected`. Counters: bytes and messages each way, and exchange rounds.
 
-Sockets: TCP_NODELAY is set, because every frame is two writes (prefix + header, then payload) and Nagle's
-algorithm would hold the second one for the peer's delayed ACK (~40 ms per message on Linux). `SocketChannel.exchange`
-sends and receives at the same time (one thread, non-blocking socket, `poll`): both directions of a round travel
-together instead of one after the other, and no round waits on the send order. The bytes on the wire are the same
-frames in the same order as `send_array` + `recv_array`, so either end may use either method.
+Sockets: TCP_NODELAY is set and frames up to 64 KiB leave in one write: with Nagle's algorithm a frame's second
+write waited for the peer's delayed ACK (~40 ms per message on Linux). `SocketChannel.exchange` sends and receives at
+the same time (one thread, non-blocking socket, `poll`): both directions of a round travel together instead of one
+after the other. The bytes on the wire are the same frames in the same order as `send_array` + `recv_array`, so
+either end may use either method. Writes are non-blocking and recorded, so `abort` can complete a frame cut off by a
+timeout or an interrupt and still frame its reason; signal handlers use `raise_after_write` so that their exception
+never falls between a write and its record. After an abort frame the sender reads until the peer closes (at most
+1 s): closing with unread input would make TCP reset the connection, which can destroy the frame before it is read.
 
 TLS: TLS 1.3 only, both sides present certificates signed by the deployment's CA (privboost.net.certs makes them),
 and each side checks that the peer certificate's common name is the role it expects (``party0``, ``party1``,

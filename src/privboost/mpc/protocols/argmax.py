@@ -6,8 +6,8 @@ with a multiplexer, log2(m) levels. Alongside the value every position carries a
 the winner's path, so the result is a shared one-hot vector of the winner (no index is ever opened).
 Ties go to the lowest index, as xgboost keeps the first best split it meets.
 
-Leakage: none beyond the public shape (every level compares all pairs, whatever the values). Preconditions: values
-satisfy |x| < 2^62 (ring units), so differences never wrap.
+Leakage: none beyond the public shape (every level compares all pairs, whatever the values). Precondition: values
+satisfy |x| < 2^62 - tie_tolerance (ring units), so no compared difference wraps.
 """
 
 from __future__ import annotations

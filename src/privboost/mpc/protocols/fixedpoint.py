@@ -96,7 +96,7 @@ def divide(party: Party, numerator: np.ndarray, denominator: np.ndarray, max_bit
     """Shares of numerator / denominator (fixed point) for a positive denominator in reciprocal's domain.
 
     The reciprocal carries ``extra_bits`` more fractional bits so a large numerator keeps its precision; requires
-    |n / d| < 2^(62 - 2f - extra_bits).
+    |n/d|·2^(2f + extra_bits) + |n|·2^f < 2^62 (the reciprocal may be rounded up by one unit).
     """
     bits = party.frac_bits + extra_bits
     return truncate(party, mul(party, numerator, reciprocal(party, denominator, max_bits, bits)), bits)

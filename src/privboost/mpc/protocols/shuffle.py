@@ -142,6 +142,8 @@ class SharedPermutation:
     def unapply(self, party: Party, y: np.ndarray) -> np.ndarray:
         """Inverse of `apply`: shares of x with ``x[i] = y[sigma[i]]``."""
         y = np.ascontiguousarray(y, dtype=DTYPE)
+        if y.shape[:1] != (self.revealed.size,):
+            raise ValueError(f"the permutation moves {self.revealed.size} rows, the array has shape {y.shape}")
         return unshuffle(party, self.shuffle, y[self.revealed])
 
 
