@@ -265,10 +265,15 @@ def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.n
     return [v0[0][perm] + v0[1]]  # permuter party 1 gets delta = a[P] + b; helper party 0 holds a, b
 
 
-def _gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """values (H, n, ...) with row block h gathered by perms[h] (H, n)."""
-    index = perms.reshape(perms.shape + (1,) * (values.ndim - 2))
-    return np.take_along_axis(values, index, axis=1)
+def gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """values (H, n, ...) with block h's rows gathered by perms[h] (H, n): out[h] = values[h][perms[h]].
+
+    One ``np.take`` per block: whole rows move as contiguous memory, several times faster than take_along_axis.
+    """
+    out = np.empty_like(values)
+    for h in range(values.shape[0]):
+        np.take(values[h], perms[h], axis=0, out=out[h])
+    return out
 
 
 def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
@@ -276,8 +281,8 @@ def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list
     if params["inverse"]:
         perms = np.argsort(perms, axis=1)  # the inverse permutation of each row
     if params["step"] == 0:
-        return [v0[0] - _gather_rows(v1[0], perms)]
-    return [_gather_rows(v0[0], perms) + v0[1]]
+        return [v0[0] - gather_rows(v1[0], perms)]
+    return [gather_rows(v0[0], perms) + v0[1]]
 
 
 def _finish_permute(party: int, view: list, corr: list, params: dict):
@@ -396,12 +401,22 @@ class DealerClient(CorrelationProvider):
         return self._get("permutation", {"size": size, "handle": handle})
 
     def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape):
-        """See CorrelationProvider.permute_masks_many."""
+        """See CorrelationProvider.permute_masks_many.
+
+        When party 1 is the helper its ``b`` comes back as a zero-argument callable: the helper sends its masked
+        share first and fetches ``b`` afterwards, so the dealer computes while the permuter works. The caller must
+        call it before asking for any other correlation.
+        """
         for handle in handles:
             if shape[0] != self._perm_sizes[handle]:
                 raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {shape[0]} rows")
-        return self._get("permute_many", {"handles": list(handles), "step": step, "inverse": inverse,
-                                          "shape": [len(handles), *shape]})
+        params = {"handles": list(handles), "step": step, "inverse": inverse, "shape": [len(handles), *shape]}
+        if self.party_id == 1 and step == 0 and self.dealer is not None:
+            dealer = self.dealer
+            dealer.send_bytes(json.dumps({"kind": "permute_many", "params": params}).encode())
+            view = KINDS["permute_many"].draw(1, self.prg, params, {})
+            return {"a": view[0], "b": dealer.recv_array}
+        return self._get("permute_many", params)
 
     def permute_masks(self, handle: int, step: int, inverse: bool, shape: Shape):
         """See CorrelationProvider.permute_masks."""

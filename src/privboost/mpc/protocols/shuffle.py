@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privboost.mpc.dealer import inverse_permutation
+from privboost.mpc.dealer import gather_rows, inverse_permutation
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
 
@@ -98,10 +98,13 @@ def _permute_step_many(party: Party, batch: ShuffleBatch, own: np.ndarray, step:
     masks = party.correlations.permute_masks_many(handles, step, inverse, x.shape[1:])
     if party.party_id == step:
         perms = np.argsort(own, axis=1) if inverse else own
-        index = perms.reshape(perms.shape + (1,) * (x.ndim - 2))
-        return np.take_along_axis(x + party.peer.recv_array(), index, axis=1) + masks["delta"]
+        received = party.peer.recv_array()
+        np.add(received, x, out=received)
+        moved = gather_rows(received, perms)
+        return np.add(moved, masks["delta"], out=moved)
     party.peer.send_array(x - masks["a"])
-    return -masks["b"]
+    b = masks["b"]() if callable(masks["b"]) else masks["b"]  # fetched after sending (see permute_masks_many)
+    return np.negative(b, out=b)
 
 
 def shuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
