@@ -239,11 +239,13 @@ def mpc_local(
 
     from rich.table import Table
 
-    from privboost.mpc.runner import LocalRunError, run_local_processes
+    from privboost.mpc.runner import ConfigError, LocalRunError, run_local_processes
 
     params = dict(_parse_param(p) for p in param)
     try:
         reports = run_local_processes(program, params, workdir, timeout_s=timeout_s, frac_bits=frac_bits)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
     except LocalRunError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
