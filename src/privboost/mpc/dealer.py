@@ -311,6 +311,51 @@ class DealerError(MpcError):
     """The dealer or its client received something it cannot serve."""
 
 
+class PendingCorrection:
+    """A correction party 1 has asked the dealer for but not yet read: read (in request order) on first use.
+
+    Protocols mask with their own (seed-drawn) parts and exchange with the peer before they touch the correction,
+    so the dealer computes while the parties communicate. It behaves as the numpy array it stands for.
+    """
+
+    __array_priority__ = 1000  # ndarray operators defer to ours, which resolve first
+
+    def __init__(self, client: DealerClient) -> None:
+        self._client = client
+        self._value: np.ndarray | None = None
+
+    def resolve(self) -> np.ndarray:
+        """The correction (reads every earlier pending one first, as the dealer sent them in order)."""
+        if self._value is None:
+            self._client._drain(self)
+        return self._value
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self.resolve()
+        return value if dtype is None else value.astype(dtype)
+
+    def __getattr__(self, name: str):
+        return getattr(self.resolve(), name)
+
+    def __getitem__(self, index):
+        return self.resolve()[index]
+
+    def __neg__(self):
+        return -self.resolve()
+
+
+def _delegate(op: str):
+    def forward(self, other):
+        return getattr(self.resolve(), op)(np.asarray(other) if isinstance(other, PendingCorrection) else other)
+    forward.__name__ = op
+    return forward
+
+
+for _op in ("add", "sub", "mul", "xor", "and", "or", "lshift", "rshift"):
+    for _name in (f"__{_op}__", f"__r{_op}__"):
+        setattr(PendingCorrection, _name, _delegate(_name))
+
+
 @dataclass
 class DealerClient(CorrelationProvider):
     """A party's provider backed by the trusted dealer: expands its seed; party 1 also fetches corrections.
@@ -324,6 +369,7 @@ class DealerClient(CorrelationProvider):
     _next_handle: int = 0
     _fixed_shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
     _perm_sizes: dict[int, int] = field(default_factory=dict)
+    _pending: list = field(default_factory=list)
 
     @classmethod
     def connect(cls, party_id: int, dealer: Channel) -> DealerClient:
@@ -341,12 +387,27 @@ class DealerClient(CorrelationProvider):
         if self.party_id == 1 and self.dealer is not None:
             self.dealer.send_bytes(json.dumps({"kind": kind_name, "params": params}).encode())
         view = kind.draw(self.party_id, self.prg, params, {})
-        corrections = []
+        corrections: list = []
         if self.party_id == 1 and kind.n_corrections:
             if self.dealer is None:
                 raise DealerError("party 1 has no channel to the dealer")
-            corrections = [self.dealer.recv_array() for _ in range(kind.n_corrections)]
+            corrections = [PendingCorrection(self) for _ in range(kind.n_corrections)]
+            self._pending.extend(corrections)
         return kind.finish(self.party_id, view, corrections, params)
+
+    def _drain(self, until: PendingCorrection) -> None:
+        """Read pending corrections from the dealer, oldest first, up to ``until``."""
+        while self._pending:
+            pending = self._pending.pop(0)
+            pending._value = self.dealer.recv_array()
+            if pending is until:
+                return
+        raise DealerError("a correction was read out of order")
+
+    def settle(self) -> None:
+        """Read every pending correction (before using the dealer channel for anything else)."""
+        if self._pending:
+            self._drain(self._pending[-1])
 
     def _handle(self) -> int:
         self._next_handle += 1
@@ -412,6 +473,7 @@ class DealerClient(CorrelationProvider):
                 raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {shape[0]} rows")
         params = {"handles": list(handles), "step": step, "inverse": inverse, "shape": [len(handles), *shape]}
         if self.party_id == 1 and step == 0 and self.dealer is not None:
+            self.settle()
             dealer = self.dealer
             dealer.send_bytes(json.dumps({"kind": "permute_many", "params": params}).encode())
             view = KINDS["permute_many"].draw(1, self.prg, params, {})
@@ -427,6 +489,7 @@ class DealerClient(CorrelationProvider):
     def finish(self) -> None:
         """Tell the dealer this party is done (party 1 only; the dealer then exits cleanly)."""
         if self.party_id == 1 and self.dealer is not None:
+            self.settle()
             self.dealer.send_bytes(json.dumps({"kind": "done"}).encode())
 
 
