@@ -57,7 +57,6 @@ import os
 import resource
 import secrets
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -85,6 +84,7 @@ from privboost.mpc.transport import (
     tls_context,
 )
 from privboost.net.certs import CertPaths, make_certificates
+from privboost.net.ports import free_ports
 
 ROLES = ("party0", "party1", "dealer")
 PROTOCOL = "privboost-mpc/1"
@@ -645,19 +645,6 @@ def handle_signals() -> Iterator[None]:
 # One machine: configs, certificates and three processes
 
 
-def _free_ports(count: int, host: str) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):  # hold all sockets open so the ports differ
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            sock.bind((host, 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -687,7 +674,7 @@ def write_local_configs(out_dir: str | os.PathLike, program: str, params: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_certificates(out / "certs", list(ROLES), hosts=[] if host in ("127.0.0.1", "localhost", "::1") else [host])
-    p0_port, dealer_port = _free_ports(2, host)
+    p0_port, dealer_port = free_ports(2, host)
     paths = {}
     for role in ROLES:
         lines = [f"role = {_toml_value(role)}"]
