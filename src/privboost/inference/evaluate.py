@@ -20,7 +20,7 @@ import gmpy2
 import numpy as np
 
 from privboost.crypto.ore import ORE_CHUNK_ELEMENTS, ore_less_than
-from privboost.crypto.paillier import PaillierPublicKey, add_ciphertexts, pack_ciphertexts, slots_per_ciphertext
+from privboost.crypto.paillier import PaillierPublicKey, pack_ciphertexts, slots_per_ciphertext
 from privboost.inference.format import SLOT_BITS, EncryptedModel
 
 
@@ -84,16 +84,39 @@ class CompiledModel:
 
     def scores_of_leaves(self, leaves: np.ndarray) -> PackedScores:
         """Homomorphic sums of the reached leaves (Q, T) per output, packed (the Paillier-heavy part)."""
-        scores = []
-        for row in leaves:
-            for trees in self.trees_of_output:
-                scores.append(add_ciphertexts([self.leaf_ciphertexts[s] for s in row[trees]], self.nsquare))
+        per_output = [self._sums(leaves[:, trees]) for trees in self.trees_of_output]
+        scores = [sums[q] for q in range(leaves.shape[0]) for sums in per_output]
         packed, slots = [], []
         for start in range(0, len(scores), self.slots):
             group = scores[start:start + self.slots]
             packed.append(int(pack_ciphertexts(group, self.nsquare, SLOT_BITS)))
             slots.append(len(group))
         return PackedScores(packed, slots)
+
+    def _sums(self, slots: np.ndarray) -> list:
+        """Per query, the product mod n^2 of the leaf ciphertexts in its row of ``slots`` (Q, T).
+
+        Trees are combined pairwise, level by level, and each distinct pair of partial sums is multiplied once:
+        queries that share leaves in neighbouring trees share the work. The products are the same numbers a
+        row-by-row loop gives (multiplication mod n^2 is associative and commutative).
+        """
+        if slots.shape[1] == 0:
+            return [gmpy2.mpz(1)] * slots.shape[0]
+        values = list(self.leaf_ciphertexts)  # level 0: partial sum id == leaf slot
+        ids = slots.astype(np.int64)
+        while ids.shape[1] > 1:
+            if ids.shape[1] % 2:
+                ids = np.concatenate([ids, np.full((ids.shape[0], 1), -1, np.int64)], axis=1)
+            pairs = ids.reshape(ids.shape[0], -1, 2)
+            next_ids = np.empty(pairs.shape[:2], np.int64)
+            next_values: list = []
+            for column in range(pairs.shape[1]):
+                unique, inverse = np.unique(pairs[:, column], axis=0, return_inverse=True)
+                base = len(next_values)
+                next_values.extend(values[a] if b < 0 else values[a] * values[b] % self.nsquare for a, b in unique)
+                next_ids[:, column] = base + inverse.ravel()
+            values, ids = next_values, next_ids
+        return [values[i] for i in ids[:, 0]]
 
 
 def _max_depth(model: EncryptedModel) -> int:
