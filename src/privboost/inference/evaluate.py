@@ -20,7 +20,7 @@ import gmpy2
 import numpy as np
 
 from privboost.crypto.ore import ORE_CHUNK_ELEMENTS, ore_less_than
-from privboost.crypto.paillier import PaillierPublicKey, pack_ciphertexts, slots_per_ciphertext
+from privboost.crypto.paillier import PaillierPublicKey, add_ciphertexts, pack_ciphertexts, slots_per_ciphertext
 from privboost.inference.format import SLOT_BITS, EncryptedModel
 
 
@@ -30,6 +30,10 @@ class PackedScores:
 
     ciphertexts: list[int]
     slots: list[int]
+
+
+#: batches at least this large share the multiplications of common leaf pairs (smaller: plain loop)
+PAIRWISE_MIN_QUERIES = 64
 
 
 class CompiledModel:
@@ -96,27 +100,30 @@ class CompiledModel:
     def _sums(self, slots: np.ndarray) -> list:
         """Per query, the product mod n^2 of the leaf ciphertexts in its row of ``slots`` (Q, T).
 
-        Trees are combined pairwise, level by level, and each distinct pair of partial sums is multiplied once:
-        queries that share leaves in neighbouring trees share the work. The products are the same numbers a
-        row-by-row loop gives (multiplication mod n^2 is associative and commutative).
+        For a large batch, trees are combined pairwise, level by level, and each distinct pair of partial sums is
+        multiplied once: queries that share leaves in neighbouring trees share the work. The products are the same
+        numbers the row-by-row loop gives (multiplication mod n^2 is associative and commutative).
         """
-        if slots.shape[1] == 0:
-            return [gmpy2.mpz(1)] * slots.shape[0]
+        if slots.shape[0] < PAIRWISE_MIN_QUERIES or slots.shape[1] < 2:
+            return [add_ciphertexts([self.leaf_ciphertexts[s] for s in row], self.nsquare) for row in slots]
         values = list(self.leaf_ciphertexts)  # level 0: partial sum id == leaf slot
         ids = slots.astype(np.int64)
         while ids.shape[1] > 1:
-            if ids.shape[1] % 2:
+            if ids.shape[1] % 2:  # an odd column passes up unchanged, paired with "nothing" (id -1)
                 ids = np.concatenate([ids, np.full((ids.shape[0], 1), -1, np.int64)], axis=1)
-            pairs = ids.reshape(ids.shape[0], -1, 2)
-            next_ids = np.empty(pairs.shape[:2], np.int64)
+            width = len(values) + 1
+            keys = ids[:, 0::2] * width + (ids[:, 1::2] + 1)  # one integer per (left, right) pair
+            next_ids = np.empty(keys.shape, np.int64)
             next_values: list = []
-            for column in range(pairs.shape[1]):
-                unique, inverse = np.unique(pairs[:, column], axis=0, return_inverse=True)
+            for column in range(keys.shape[1]):
+                unique, inverse = np.unique(keys[:, column], return_inverse=True)
                 base = len(next_values)
-                next_values.extend(values[a] if b < 0 else values[a] * values[b] % self.nsquare for a, b in unique)
-                next_ids[:, column] = base + inverse.ravel()
+                for key in unique.tolist():
+                    left, right = divmod(key, width)
+                    next_values.append(values[left] if right == 0 else values[left] * values[right - 1] % self.nsquare)
+                next_ids[:, column] = base + inverse
             values, ids = next_values, next_ids
-        return [values[i] for i in ids[:, 0]]
+        return [values[i] for i in ids[:, 0].tolist()]
 
 
 def _max_depth(model: EncryptedModel) -> int:
