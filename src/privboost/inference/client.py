@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,6 +27,9 @@ from privboost.inference.keys import UserKeys
 from privboost.inference.ordering import OrderCipher
 
 DEFAULT_BATCH = 1000
+#: inputs of at least twice this many rows are split into about PIPELINE_PARTS requests, two in flight
+PIPELINE_MIN_ROWS = 128
+PIPELINE_PARTS = 4
 
 
 class ServerError(RuntimeError):
@@ -159,22 +163,41 @@ def link(margin: np.ndarray, objective: str) -> np.ndarray:
 
 def predict_encrypted(keys: UserKeys, x: np.ndarray, server: str | None = None, ca_file: str | None = None,
                       batch_size: int = DEFAULT_BATCH, progress=None) -> np.ndarray:
-    """End-to-end encrypted prediction of matrix ``x`` (model feature order): probabilities/values, (n, K)."""
+    """End-to-end encrypted prediction of matrix ``x`` (model feature order): probabilities/values, (n, K).
+
+    Large inputs go as several requests with two in flight, so the client encrypts and decrypts while the server
+    computes; ``batch_size`` caps the queries per request.
+    """
     conn = ServerConnection(server or keys.server, ca_file=ca_file or keys.ca_file or None)
     codec = QueryCodec(keys)
     x = np.asarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], keys.num_outputs), dtype=np.float64)
     if x.shape[0] == 0:
         return out
+    size = batch_size if x.shape[0] < 2 * PIPELINE_MIN_ROWS else min(
+        batch_size, max(PIPELINE_MIN_ROWS, math.ceil(x.shape[0] / PIPELINE_PARTS)))
+    chunks = [slice(i, min(x.shape[0], i + size)) for i in range(0, x.shape[0], size)]
+
+    def run(rows: slice) -> slice:
+        batch = codec.encrypt(x[rows])
+        answer = conn.predict(keys.user, keys.token, keys.model_id, batch.body)
+        out[rows] = codec.decrypt(answer, batch.count)
+        return rows
+
+    done = 0
     try:
-        n_batches = max(1, math.ceil(x.shape[0] / batch_size))
-        for b in range(n_batches):
-            rows = slice(b * batch_size, min(x.shape[0], (b + 1) * batch_size))
-            batch = codec.encrypt(x[rows])
-            answer = conn.predict(keys.user, keys.token, keys.model_id, batch.body)
-            out[rows] = codec.decrypt(answer, batch.count)
-            if progress is not None:
-                progress(rows.stop, x.shape[0])
+        with ThreadPoolExecutor(max_workers=2 if len(chunks) > 1 else 1) as pool:
+            futures = [pool.submit(run, rows) for rows in chunks]
+            try:
+                for future in futures:
+                    rows = future.result()
+                    done += rows.stop - rows.start
+                    if progress is not None:
+                        progress(done, x.shape[0])
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     finally:
         conn.close()
     return link(out, keys.objective)
