@@ -645,7 +645,8 @@ def handle_signals() -> Iterator[None]:
 # One machine: configs, certificates and three processes
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal (bool, number, string or path, list, inline table)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -657,9 +658,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str | Path):
         return json.dumps(str(value))  # JSON string escapes are valid TOML basic-string escapes
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} into a TOML config")
 
 
@@ -677,17 +678,17 @@ def write_local_configs(out_dir: str | os.PathLike, program: str, params: dict |
     p0_port, dealer_port = free_ports(2, host)
     paths = {}
     for role in ROLES:
-        lines = [f"role = {_toml_value(role)}"]
+        lines = [f"role = {toml_value(role)}"]
         if role != "dealer":
-            lines.append(f"program = {_toml_value(program)}")
-        lines += [f"timeout_s = {_toml_value(float(timeout_s))}", f"frac_bits = {frac_bits}",
-                  f"report = {_toml_value(f'{role}.report.json')}", "",
-                  "[party0]", f"host = {_toml_value(host)}", f"port = {p0_port}", "",
-                  "[dealer]", f"host = {_toml_value(host)}", f"port = {dealer_port}", "",
+            lines.append(f"program = {toml_value(program)}")
+        lines += [f"timeout_s = {toml_value(float(timeout_s))}", f"frac_bits = {frac_bits}",
+                  f"report = {toml_value(f'{role}.report.json')}", "",
+                  "[party0]", f"host = {toml_value(host)}", f"port = {p0_port}", "",
+                  "[dealer]", f"host = {toml_value(host)}", f"port = {dealer_port}", "",
                   "[tls]", 'ca = "certs/ca.pem"', f'cert = "certs/{role}.pem"', f'key = "certs/{role}.key"', ""]
         if role != "dealer" and params:
             lines.append("[params]")
-            lines += [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in params.items()]
+            lines += [f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in params.items()]
             lines.append("")
         path = out / f"{role}.toml"
         path.write_text("\n".join(lines), encoding="utf-8")
@@ -705,7 +706,7 @@ class LocalRunError(MpcError):
     """A role of a local multi-process run exited non-zero; the message names it and quotes its stderr tail."""
 
 
-def _tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5) -> str:
     """The role's error line (the CLI prints exactly one), else the last ``lines`` lines (e.g. a crash)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -767,7 +768,7 @@ def run_local_processes(program: str, params: dict | None = None, workdir: str |
                 proc.kill()
                 proc.wait()
     # root causes first: a role that reports another's abort only reacted to it
-    tails = {r: _tail(logs[r]) for r in procs}
+    tails = {r: log_tail(logs[r]) for r in procs}
     failed = sorted((r for r in procs if procs[r].returncode != 0),
                     key=lambda r: ("aborted the computation" in tails[r], exited[r]))
     if failed:

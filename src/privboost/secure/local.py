@@ -19,20 +19,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from privboost.mpc.runner import log_tail, toml_value
 from privboost.net.certs import make_certificates
 from privboost.net.ports import free_ports
 from privboost.secure.job import JobError
 from privboost.secure.trainer import SecureParams
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))
 
 
 def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_column: str | None,
@@ -44,7 +35,7 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
     certs = make_certificates(workdir / "certs", roles)
     ports = free_ports(4, host)
     addresses = dict(zip(("dealer", "party0", "party1", "analyst"), (f"{host}:{p}" for p in ports), strict=True))
-    param_lines = [f"max_bin = {max_bin}"] + [f"{k} = {_toml_value(v)}" for k, v in params.__dict__.items()
+    param_lines = [f"max_bin = {max_bin}"] + [f"{k} = {toml_value(v)}" for k, v in params.__dict__.items()
                                               if v is not None]
     files = {}
     for role in roles:
@@ -56,10 +47,10 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
             job["data"] = str(Path(data[int(role[5:])]).resolve())
         if role == "analyst":
             job["out"] = str(Path(out).resolve())
-        text = ["[job]"] + [f"{k} = {_toml_value(v)}" for k, v in job.items()]
-        text += ["", "[addresses]"] + [f"{k} = {_toml_value(v)}" for k, v in addresses.items()]
-        text += ["", "[tls]", f"ca = {_toml_value(certs[role].ca)}", f"cert = {_toml_value(certs[role].cert)}",
-                 f"key = {_toml_value(certs[role].key)}"]
+        text = ["[job]"] + [f"{k} = {toml_value(v)}" for k, v in job.items()]
+        text += ["", "[addresses]"] + [f"{k} = {toml_value(v)}" for k, v in addresses.items()]
+        text += ["", "[tls]", f"ca = {toml_value(certs[role].ca)}", f"cert = {toml_value(certs[role].cert)}",
+                 f"key = {toml_value(certs[role].key)}"]
         text += ["", "[params]", *param_lines]
         path = workdir / f"{role}.toml"
         path.write_text("\n".join(text) + "\n", encoding="utf-8")
@@ -73,14 +64,6 @@ def _start(role: str, job_file: Path, log_dir: Path) -> tuple[subprocess.Popen, 
         [sys.executable, "-m", "privboost", "train", "secure", "--config", str(job_file)],
         stdout=subprocess.PIPE, stderr=err.open("wb"), text=True, start_new_session=True)
     return proc, err
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return "\n".join(text[-lines:])
 
 
 def run_local_job(data: list[Path], label: str, out: Path, params: SecureParams, max_bin: int,
@@ -117,8 +100,8 @@ def run_local_job(data: list[Path], label: str, out: Path, params: SecureParams,
         failed = {role: (proc.returncode, err) for role, (proc, err) in procs.items() if proc.returncode != 0}
         if failed:
             first = min(failed, key=lambda r: _first_error_time(failed[r][1]))
-            raise JobError(f"{first} failed: {_tail(failed[first][1]) or 'exit status ' + str(failed[first][0])}"
-                           + "".join(f"\n  {r}: {_tail(e, 1)}" for r, (_c, e) in failed.items() if r != first))
+            raise JobError(f"{first} failed: {log_tail(failed[first][1]) or 'exit status ' + str(failed[first][0])}"
+                           + "".join(f"\n  {r}: {log_tail(e, 1)}" for r, (_c, e) in failed.items() if r != first))
         for role, lines in outputs.items():
             for line in lines:
                 doc = json.loads(line) if line.startswith("{") else {}

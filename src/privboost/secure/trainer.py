@@ -246,10 +246,7 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
                           "depth": params.max_depth, "elapsed_s": time.perf_counter() - started,
                           "bytes_sent": party.peer.stats.bytes_sent})
         with clock("leaves"):
-            sums = mul(party, np.concatenate([membership, membership], axis=1),
-                       np.concatenate([np.repeat(g[:, None], membership.shape[1], 1),
-                                       np.repeat(h[:, None], membership.shape[1], 1)], axis=1)).sum(axis=0, dtype=DTYPE)
-            leaf_g, leaf_h = np.split(sums, 2)
+            leaf_g, leaf_h = np.split(_weighted_gradients(party, membership, g, h).sum(axis=0, dtype=DTYPE), 2)
             weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
                             extra_bits=scaling.division_extra_bits)
             weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
@@ -258,6 +255,13 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
                                                                                                    dtype=DTYPE)
         trees.append(shares)
     return TrainResult(trees, base_score, clock.seconds)
+
+
+def _weighted_gradients(party: Party, members: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Shares of [g ⊙ m_j ..., h ⊙ m_j ...] (n × 2k) for membership columns m_j (0/1, so no truncation)."""
+    k = members.shape[1]
+    return mul(party, np.concatenate([members, members], axis=1),
+               np.concatenate([np.repeat(g[:, None], k, 1), np.repeat(h[:, None], k, 1)], axis=1))
 
 
 def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
@@ -270,9 +274,7 @@ def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, members
         return hist[:, 0].reshape(1, *shape), hist[:, 1].reshape(1, *shape)
     left = membership[:, 0::2]
     k = left.shape[1]
-    weighted = mul(party, np.concatenate([left, left], axis=1),
-                   np.concatenate([np.repeat(g[:, None], k, 1), np.repeat(h[:, None], k, 1)], axis=1))
-    hist = route.histograms(party, weighted)  # (F·B) × 2k
+    hist = route.histograms(party, _weighted_gradients(party, left, g, h))  # (F·B) × 2k
     left_g, left_h = hist[:, :k].T.reshape(k, *shape), hist[:, k:].T.reshape(k, *shape)
     out_g = np.stack([left_g, parent_g - left_g], axis=1).reshape(2 * k, *shape)
     out_h = np.stack([left_h, parent_h - left_h], axis=1).reshape(2 * k, *shape)

@@ -107,21 +107,24 @@ def _permute_step_many(party: Party, batch: ShuffleBatch, own: np.ndarray, step:
     return np.negative(b, out=b)
 
 
-def shuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
-    """Shares of every block x[h] (x of shape (H, n, ...)) shuffled by shuffle h."""
+def _batch_operand(batch: ShuffleBatch, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x as contiguous uint64, this party's permutations), after checking x has the batch's shape."""
     x = np.ascontiguousarray(x, dtype=DTYPE)
     own = batch.own
     if x.shape[:2] != own.shape:
         raise ValueError(f"the batch shuffles {own.shape[0]} blocks of {own.shape[1]} rows, got shape {x.shape}")
+    return x, own
+
+
+def shuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
+    """Shares of every block x[h] (x of shape (H, n, ...)) shuffled by shuffle h."""
+    x, own = _batch_operand(batch, x)
     return _permute_step_many(party, batch, own, 1, False, _permute_step_many(party, batch, own, 0, False, x))
 
 
 def unshuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
     """Inverse of `shuffle_batch`."""
-    x = np.ascontiguousarray(x, dtype=DTYPE)
-    own = batch.own
-    if x.shape[:2] != own.shape:
-        raise ValueError(f"the batch shuffles {own.shape[0]} blocks of {own.shape[1]} rows, got shape {x.shape}")
+    x, own = _batch_operand(batch, x)
     return _permute_step_many(party, batch, own, 0, True, _permute_step_many(party, batch, own, 1, True, x))
 
 
