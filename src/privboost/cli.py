@@ -149,12 +149,13 @@ def demo(
         "privboost-demo"),
     rows: Annotated[int, typer.Option(help="number of patients to predict")] = 20,
     secure_trees: Annotated[int, typer.Option(help="trees in the secure-training step (0 skips it)")] = 5,
+    federated_trees: Annotated[int, typer.Option(help="trees in the federated step (0 skips it)")] = 10,
 ) -> None:
-    """Encrypted prediction on NHANES health records, then two hospitals training together on secret shares."""
+    """Encrypted prediction on NHANES health records, then hospitals training together (secret shares; federated)."""
     from privboost.demo import run_demo
 
     try:
-        run_demo(workdir, rows, secure_trees)
+        run_demo(workdir, rows, secure_trees, federated_trees)
     except (*_known_errors(), RuntimeError) as exc:
         _fail(str(exc))
 
@@ -367,3 +368,95 @@ def train_secure(
     party = reports.get("party0", {})
     err.print(f"model written to {out} ({n_estimators} trees); party 0 sent {party.get('bytes_sent', 0) / 1e6:,.1f} MB "
               f"in {party.get('rounds', 0):,} rounds")
+
+
+def _federated_options_from_toml(config: Path) -> dict:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        _fail(f"cannot read job file {config}: {exc}", 2)
+    job = doc.get("job", doc)
+    known = {"data", "label", "out", "n_estimators", "max_depth", "learning_rate", "max_bin", "objective",
+             "reg_lambda", "gamma", "min_child_weight", "base_score", "frac_bits", "round_timeout"}
+    unknown = sorted(set(job) - known)
+    if unknown:
+        _fail(f"{config}: unknown keys {unknown}; known: {sorted(known)}", 2)
+    return job
+
+
+@train_app.command("federated")
+def train_federated(
+    config: Annotated[Path | None, typer.Option(help="a TOML job file with the options below under [job] "
+                                                     "(data = [..], label = .., ...)")] = None,
+    local: Annotated[bool, typer.Option("--local", help="run every site and the aggregator on this machine "
+                                                        "in Flower's simulation")] = False,
+    data: Annotated[list[Path], typer.Option(help="one site's CSV/Parquet file (repeat, one per site)")] = [],  # noqa: B006
+    label: Annotated[str, typer.Option(help="label column (every site has it)")] = "",
+    out: Annotated[Path, typer.Option(help="where the aggregator writes the XGBoost JSON model")] = Path("model.json"),
+    n_estimators: Annotated[int, typer.Option(help="number of trees")] = 10,
+    max_depth: Annotated[int, typer.Option(help="maximum depth of a tree")] = 6,
+    learning_rate: Annotated[float, typer.Option(help="shrinkage eta")] = 0.3,
+    max_bin: Annotated[int, typer.Option(help="bins per feature (2-1024)")] = 256,
+    objective: Annotated[str | None, typer.Option(help="binary:logistic or reg:squarederror "
+                                                       "(default: from the label's values)")] = None,
+    reg_lambda: Annotated[float, typer.Option(help="L2 regularisation lambda")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="minimum loss reduction to split")] = 0.0,
+    min_child_weight: Annotated[float, typer.Option(help="minimum hessian sum in a child")] = 1.0,
+    base_score: Annotated[float | None, typer.Option(help="initial prediction (default: pooled label mean)")] = None,
+    frac_bits: Annotated[int, typer.Option(help="fixed-point fractional bits of the aggregated sums")] = 24,
+    round_timeout: Annotated[float, typer.Option(help="seconds to wait for the sites in a round; "
+                                                      "a site that misses it counts as dropped")] = 600.0,
+) -> None:
+    """Federated training on Flower with secure aggregation (SecAgg+): sites keep their rows."""
+    if config is not None:
+        job = _federated_options_from_toml(config)
+        data = [Path(p) for p in job.get("data", data)]
+        label = job.get("label", label)
+        out = Path(job.get("out", out))
+        n_estimators, max_depth = int(job.get("n_estimators", n_estimators)), int(job.get("max_depth", max_depth))
+        learning_rate, max_bin = float(job.get("learning_rate", learning_rate)), int(job.get("max_bin", max_bin))
+        objective, base_score = job.get("objective", objective), job.get("base_score", base_score)
+        reg_lambda, gamma = float(job.get("reg_lambda", reg_lambda)), float(job.get("gamma", gamma))
+        min_child_weight = float(job.get("min_child_weight", min_child_weight))
+        frac_bits, round_timeout = int(job.get("frac_bits", frac_bits)), float(job.get("round_timeout", round_timeout))
+    elif not local:
+        _fail("give --local with --data files (one per site), or --config JOB.toml; to deploy across hosts use "
+              "Flower's SuperLink/SuperNodes (see the README)", 2)
+    if len(data) < 2 or not label:
+        _fail("federated training needs --data for at least 2 sites and --label", 2)
+    for path in data:
+        if not Path(path).is_file():
+            _fail(f"data file not found: {path}", 2)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from privboost.federated.aggregator import FederatedError, FederatedParams
+    from privboost.federated.flower_app import FederatedJob, run_simulation_job
+    from privboost.federated.site import SiteError
+
+    try:
+        params = FederatedParams(objective=objective or _infer_objective(data, label), n_estimators=n_estimators,
+                                 max_depth=max_depth, learning_rate=learning_rate, reg_lambda=reg_lambda,
+                                 gamma=gamma, min_child_weight=min_child_weight, max_bin=max_bin,
+                                 base_score=base_score, frac_bits=frac_bits)
+        params.check()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        job = FederatedJob(params, str(out.resolve()), len(data), round_timeout)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
+                      TimeElapsedColumn(), console=err, transient=False) as bar:
+            task = bar.add_task("federated training", total=n_estimators * max_depth, detail="starting Flower")
+
+            def show(event: dict) -> None:
+                bar.update(task, completed=(event["tree"] - 1) * max_depth + event["level"] + 1,
+                           detail=f"tree {event['tree']}/{event['trees']} level {event['level']} · sites alive "
+                                  f"{event['alive']}/{event['sites']} · {event['vector_words'] * 8 / 1e6:,.2f} MB "
+                                  f"per site this round · {event['bytes_from_sites'] / 1e6:,.0f} MB in all")
+
+            stats = run_simulation_job([str(p.resolve()) for p in data], label, job, show)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except (FederatedError, SiteError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    err.print(f"model written to {out} ({n_estimators} trees, {stats['alive']}/{stats['sites']} sites to the end, "
+              f"{stats['mb_per_site_per_tree']:.2f} MB per site per tree, {stats['rounds']} secure rounds)")

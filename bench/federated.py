@@ -1,0 +1,191 @@
+"""Federated training benchmark, side by side with plaintext xgboost on the pooled data in the same run.
+
+Synthetic binary classification (n × F, default 1,000,000 × 100) split over S sites (default 10 and 100); 100 trees
+of depth 6. For each site count it runs exactly what ``privboost train federated --local`` runs — every site and the
+aggregator in Flower's simulation, with SecAgg+ secure aggregation — and prints wall time, MB sent per site per tree,
+rounds, peak RSS of all processes (Ray's included), test AUC, and the same for ``xgboost.train(tree_method="hist")``
+on the pooled data (QuantileDMatrix build included in its time). With ``--inprocess`` it also runs the same protocol
+with the sites called directly (no Flower), which separates the protocol's own cost from Flower's messaging.
+Last line: one JSON object with the headline figures of the first site count.
+
+    python bench/federated.py [--rows 1000000] [--features 100] [--sites 10 100] [--trees 100] [--depth 6]
+                              [--max-bin 256] [--inprocess]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from sklearn.datasets import make_classification
+from sklearn.metrics import roc_auc_score
+
+from privboost.federated.aggregator import FederatedAggregator, FederatedParams
+from privboost.federated.channel import LocalChannel
+from privboost.federated.flower_app import FederatedJob, run_simulation_job
+from privboost.federated.site import Site, load_site_data
+
+
+class PeakMemory:
+    """Peak of the summed RSS of this process and all its descendants, sampled every 0.5 s from /proc."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, _tree_rss(os.getpid()))
+
+
+def _tree_rss(root: int) -> int:
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(stat[1]), []).append(int(entry))
+            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def make_sites(rows: int, features: int, sites: int, folder: Path, seed: int = 7) -> tuple[list[str], np.ndarray,
+                                                                                            np.ndarray]:
+    """Site Parquet files of roughly equal size (rows shuffled), plus a held-out test set."""
+    x, y = make_classification(n_samples=rows + 50_000, n_features=features, n_informative=min(20, features),
+                               n_redundant=min(10, features // 4), flip_y=0.05, random_state=seed)
+    x = x.astype(np.float32)
+    names = [f"x{j}" for j in range(features)]
+    paths = []
+    for i, part in enumerate(np.array_split(np.arange(rows), sites)):
+        table = pd.DataFrame(x[part], columns=names)
+        table["label"] = y[part].astype(np.float32)
+        path = folder / f"site{i:03d}.parquet"
+        table.to_parquet(path, index=False)
+        paths.append(str(path))
+    return paths, x[rows:], y[rows:]
+
+
+def run_xgboost(paths: list[str], params: FederatedParams, base: float, test_x: np.ndarray,
+                test_y: np.ndarray) -> dict:
+    """Plaintext xgboost hist on the pooled data; seconds include the QuantileDMatrix build."""
+    pooled = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    x = pooled.drop(columns="label").to_numpy(np.float32)
+    start = time.perf_counter()
+    dtrain = xgb.QuantileDMatrix(x, label=pooled["label"].to_numpy(), max_bin=params.max_bin, nthread=2)
+    built = time.perf_counter()
+    booster = xgb.train({"tree_method": "hist", "max_bin": params.max_bin, "max_depth": params.max_depth,
+                         "eta": params.learning_rate, "objective": params.objective, "base_score": base,
+                         "nthread": 2}, dtrain, num_boost_round=params.n_estimators)
+    done = time.perf_counter()
+    auc = roc_auc_score(test_y, booster.predict(xgb.DMatrix(test_x)))
+    return {"xgboost_s": done - start, "dmatrix_s": built - start, "train_s": done - built, "auc": auc}
+
+
+def run_flower(paths: list[str], params: FederatedParams, out: Path, test_x: np.ndarray, test_y: np.ndarray) -> dict:
+    """The ``--local`` path: Flower simulation of every site and the aggregator."""
+    job = FederatedJob(params, str(out), len(paths), None)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        stats = run_simulation_job(paths, "label", job)
+        seconds = time.perf_counter() - start
+    from privboost.model import TreeEnsemble
+
+    model = TreeEnsemble.load(out)
+    return {"federated_s": seconds, "aggregator_s": stats["seconds"], "rounds": stats["rounds"],
+            "mb_per_site_per_tree": stats["mb_per_site_per_tree"], "peak_rss_gb": memory.peak / 1e9,
+            "auc": roc_auc_score(test_y, model.predict(test_x))}
+
+
+def run_inprocess(paths: list[str], params: FederatedParams, test_x: np.ndarray, test_y: np.ndarray) -> dict:
+    """The same protocol with the sites called directly: its own cost without Flower's messaging."""
+    sites = {i: Site(load_site_data(p, "label")) for i, p in enumerate(paths)}
+    channel = LocalChannel(sites)
+    with PeakMemory() as memory:
+        result = FederatedAggregator(channel, params).train()
+    sent = sum(channel.bytes_from_sites.values())
+    return {"protocol_s": result.seconds, "rounds": result.rounds, "peak_rss_gb": memory.peak / 1e9,
+            "mb_per_site_per_tree": sent / 1e6 / len(paths) / params.n_estimators,
+            "auc": roc_auc_score(test_y, result.model.predict(test_x))}
+
+
+def main() -> None:
+    """Parse arguments, run every configuration, print the table and the JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=100)
+    ap.add_argument("--sites", type=int, nargs="+", default=[10, 100])
+    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--depth", type=int, default=6)
+    ap.add_argument("--max-bin", type=int, default=256)
+    ap.add_argument("--inprocess", action="store_true", help="also time the protocol without Flower")
+    args = ap.parse_args()
+    params = FederatedParams(objective="binary:logistic", n_estimators=args.trees, max_depth=args.depth,
+                             learning_rate=0.3, max_bin=args.max_bin)
+    rows, headline = [], None
+    with tempfile.TemporaryDirectory(prefix="privboost-fedbench-") as tmp:
+        folder = Path(tmp)
+        for count in args.sites:
+            sub = folder / f"s{count}"
+            sub.mkdir()
+            paths, test_x, test_y = make_sites(args.rows, args.features, count, sub)
+            base = float(np.mean(np.concatenate([pd.read_parquet(p, columns=["label"])["label"] for p in paths])))
+            plain = run_xgboost(paths, params, base, test_x, test_y)
+            fed = run_flower(paths, params, sub / "model.json", test_x, test_y)
+            row = {"sites": count, **{f"xgb_{k}": v for k, v in plain.items()}, **fed,
+                   "ratio": fed["federated_s"] / plain["xgboost_s"]}
+            if args.inprocess:
+                local = run_inprocess(paths, params, test_x, test_y)
+                row.update({"protocol_s": local["protocol_s"], "protocol_ratio": local["protocol_s"] / plain["xgboost_s"],
+                            "protocol_auc": local["auc"]})
+            rows.append(row)
+            print(f"{args.rows:,} x {args.features}, {count} sites, {args.trees} trees depth {args.depth}, "
+                  f"max_bin {args.max_bin}:")
+            print(f"  xgboost hist (pooled)   {plain['xgboost_s']:8.1f} s  (QuantileDMatrix {plain['dmatrix_s']:.1f} s"
+                  f" + train {plain['train_s']:.1f} s)   AUC {plain['auc']:.4f}")
+            print(f"  federated (Flower sim)  {fed['federated_s']:8.1f} s  (aggregator {fed['aggregator_s']:.1f} s, "
+                  f"{fed['rounds']} secure rounds)   AUC {fed['auc']:.4f}   ratio {row['ratio']:.1f}x")
+            print(f"  {fed['mb_per_site_per_tree']:.2f} MB per site per tree, peak RSS {fed['peak_rss_gb']:.2f} GB "
+                  "(all processes)")
+            if args.inprocess:
+                print(f"  same protocol, sites called directly: {row['protocol_s']:.1f} s "
+                      f"({row['protocol_ratio']:.1f}x xgboost), AUC {row['protocol_auc']:.4f}")
+            if headline is None:
+                headline = {"federated_s": round(fed["federated_s"], 2), "xgboost_s": round(plain["xgboost_s"], 2),
+                            "ratio": round(row["ratio"], 2),
+                            "mb_per_site_per_tree": round(fed["mb_per_site_per_tree"], 3),
+                            "sites": count, "peak_rss_gb": round(fed["peak_rss_gb"], 2),
+                            "auc": round(fed["auc"], 5), "xgboost_auc": round(plain["auc"], 5)}
+                if args.inprocess:
+                    headline["protocol_s"] = round(row["protocol_s"], 2)
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()

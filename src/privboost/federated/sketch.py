@@ -1,0 +1,78 @@
+"""Global bin edges for federated training from securely summed per-site counts on a public grid.
+
+Each site counts its non-missing values of every feature in the buckets of a fixed public grid: the top
+``GRID_BITS`` bits of the order-preserving 32-bit code of the float32 value (sign flip + exponent + top mantissa
+bits, so bucket order is value order). The count vectors go through secure aggregation; the aggregator takes
+weighted quantiles of the pooled counts, as XGBoost's hist sketch takes quantiles of the pooled data, and puts
+every cut on a bucket boundary. A feature with at most ``max_bin`` non-empty buckets (binary and small-integer
+columns) gets one bin per value, as XGBoost does for columns with few distinct values.
+
+Leakage: the aggregator learns the pooled per-feature histogram at grid resolution (1 sign, 8 exponent and
+``GRID_BITS - 9`` mantissa bits: relative resolution 2^-7 at 16 bits), and no site's counts. The finished model's
+thresholds are these bucket boundaries, which any model reveals anyway.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privboost.crypto.floatcode import float32_to_ordered_uint32, ordered_uint32_to_float32
+
+GRID_BITS = 16
+GRID_SIZE = 1 << GRID_BITS
+_SHIFT = 32 - GRID_BITS
+
+
+def bucket_counts(values: np.ndarray) -> np.ndarray:
+    """Per-feature counts of non-missing values in each public grid bucket: uint64 (F, GRID_SIZE)."""
+    x = np.asarray(values, dtype=np.float32)
+    n, features = x.shape
+    counts = np.empty((features, GRID_SIZE), dtype=np.uint64)
+    for f in range(features):  # one bincount per feature keeps memory at n words, not n·F
+        column = x[:, f]
+        present = column[~np.isnan(column)]
+        buckets = float32_to_ordered_uint32(present) >> np.uint32(_SHIFT)
+        counts[f] = np.bincount(buckets, minlength=GRID_SIZE)
+    return counts
+
+
+def _upper_bounds(buckets: np.ndarray) -> np.ndarray:
+    """Smallest float32 above every value of each bucket (its successor's first code); top bucket: +inf."""
+    codes = (buckets.astype(np.uint64) + 1) << np.uint64(_SHIFT)
+    bounds = ordered_uint32_to_float32(np.minimum(codes, np.uint64(0xFFFFFFFF)).astype(np.uint32))
+    return np.where(buckets >= GRID_SIZE - 1, np.float32(np.inf), bounds).astype(np.float32)
+
+
+def edges_from_counts(counts: np.ndarray, max_bin: int) -> list[np.ndarray]:
+    """Bin upper bounds per feature (float32, increasing; bin j holds u_{j-1} <= x < u_j) from pooled counts.
+
+    A feature with no values gets a single bin.
+    """
+    if max_bin < 2:
+        raise ValueError("max_bin must be at least 2")
+    edges = []
+    for row in np.asarray(counts, dtype=np.float64):
+        occupied = np.flatnonzero(row)
+        if occupied.size == 0:
+            edges.append(np.array([np.inf], np.float32))
+            continue
+        if occupied.size <= max_bin:
+            chosen = occupied
+        else:
+            cumulative = np.cumsum(row[occupied])
+            targets = cumulative[-1] * np.arange(1, max_bin) / max_bin
+            # the bucket where each quantile target is reached closes a bin; the last occupied bucket closes the last
+            chosen = np.unique(np.append(occupied[np.searchsorted(cumulative, targets)], occupied[-1]))
+        edges.append(np.unique(_upper_bounds(chosen)))
+    return edges
+
+
+def feature_minimums(counts: np.ndarray) -> np.ndarray:
+    """Lower bound of each feature's lowest occupied bucket (the threshold XGBoost uses to send every value right)."""
+    result = np.full(counts.shape[0], -np.inf, np.float32)
+    for f, row in enumerate(counts):
+        occupied = np.flatnonzero(row)
+        if occupied.size:
+            code = np.array([int(occupied[0]) << _SHIFT], np.uint32)
+            result[f] = ordered_uint32_to_float32(code)[0]
+    return result
