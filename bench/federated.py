@@ -162,8 +162,8 @@ def main() -> None:
                    "ratio": fed["federated_s"] / plain["xgboost_s"]}
             if args.inprocess:
                 local = run_inprocess(paths, params, test_x, test_y)
-                row.update({"protocol_s": local["protocol_s"], "protocol_ratio": local["protocol_s"] / plain["xgboost_s"],
-                            "protocol_auc": local["auc"]})
+                row.update({"protocol_s": local["protocol_s"], "protocol_auc": local["auc"],
+                            "protocol_ratio": local["protocol_s"] / plain["xgboost_s"]})
             rows.append(row)
             print(f"{args.rows:,} x {args.features}, {count} sites, {args.trees} trees depth {args.depth}, "
                   f"max_bin {args.max_bin}:")

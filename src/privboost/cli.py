@@ -405,9 +405,12 @@ def train_federated(
     gamma: Annotated[float, typer.Option(help="minimum loss reduction to split")] = 0.0,
     min_child_weight: Annotated[float, typer.Option(help="minimum hessian sum in a child")] = 1.0,
     base_score: Annotated[float | None, typer.Option(help="initial prediction (default: pooled label mean)")] = None,
-    frac_bits: Annotated[int, typer.Option(help="fixed-point fractional bits of the aggregated sums")] = 24,
+    frac_bits: Annotated[int | None, typer.Option(help="fixed-point fractional bits of the summed histograms "
+                                                       "(default: 32, fewer if the labels are large)")] = None,
     round_timeout: Annotated[float, typer.Option(help="seconds to wait for the sites in a round; "
                                                       "a site that misses it counts as dropped")] = 600.0,
+    engine: Annotated[str, typer.Option(help="flower (Flower's simulation) or direct (each site a process with "
+                                             "its own TLS connection: no per-message polling latency)")] = "flower",
 ) -> None:
     """Federated training on Flower with secure aggregation (SecAgg+): sites keep their rows."""
     if config is not None:
@@ -420,12 +423,14 @@ def train_federated(
         objective, base_score = job.get("objective", objective), job.get("base_score", base_score)
         reg_lambda, gamma = float(job.get("reg_lambda", reg_lambda)), float(job.get("gamma", gamma))
         min_child_weight = float(job.get("min_child_weight", min_child_weight))
-        frac_bits, round_timeout = int(job.get("frac_bits", frac_bits)), float(job.get("round_timeout", round_timeout))
+        frac_bits, round_timeout = job.get("frac_bits", frac_bits), float(job.get("round_timeout", round_timeout))
     elif not local:
         _fail("give --local with --data files (one per site), or --config JOB.toml; to deploy across hosts use "
               "Flower's SuperLink/SuperNodes (see the README)", 2)
     if len(data) < 2 or not label:
         _fail("federated training needs --data for at least 2 sites and --label", 2)
+    if engine not in ("flower", "direct"):
+        _fail("--engine must be flower or direct", 2)
     for path in data:
         if not Path(path).is_file():
             _fail(f"data file not found: {path}", 2)
@@ -453,7 +458,13 @@ def train_federated(
                                   f"{event['alive']}/{event['sites']} · {event['vector_words'] * 8 / 1e6:,.2f} MB "
                                   f"per site this round · {event['bytes_from_sites'] / 1e6:,.0f} MB in all")
 
-            stats = run_simulation_job([str(p.resolve()) for p in data], label, job, show)
+            paths = [str(p.resolve()) for p in data]
+            if engine == "direct":
+                from privboost.federated.direct import run_direct_job
+
+                stats = run_direct_job(paths, label, params, job.out, show, round_timeout)
+            else:
+                stats = run_simulation_job(paths, label, job, show)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except (FederatedError, SiteError, ValueError, OSError) as exc:

@@ -8,24 +8,8 @@ entire view of the sites.
 
 from __future__ import annotations
 
-import numpy as np
-
+from privboost.federated.messages import payload_bytes
 from privboost.federated.site import Site
-
-
-def payload_bytes(message: dict) -> int:
-    """Bytes a message's arrays and byte strings take on the wire (the figure the benches report)."""
-    total = 0
-    for value in message.values():
-        if isinstance(value, np.ndarray):
-            total += value.nbytes
-        elif isinstance(value, bytes | bytearray):
-            total += len(value)
-        elif isinstance(value, dict):
-            total += payload_bytes(value)
-        elif isinstance(value, list | tuple):
-            total += 8 * len(value)
-    return total
 
 
 class LocalChannel:

@@ -27,55 +27,21 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
-from privboost.federated.channel import payload_bytes
+from privboost.federated.messages import flatten, payload_bytes, unflatten
 from privboost.federated.site import Site, SiteData, load_site_data
-
-_SEP = "/"
 
 
 # ---------------------------------------------------------------------- messages <-> Flower records
-def _flatten(message: dict, prefix: str, arrays: dict, config: dict) -> None:
-    for key, value in message.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            config[f"{path}{_SEP}"] = True  # keeps empty dicts
-            _flatten(value, path + _SEP, arrays, config)
-        elif isinstance(value, np.ndarray):
-            arrays[path] = Array(np.ascontiguousarray(value))
-        elif isinstance(value, list | tuple):
-            config[path] = [v.item() if isinstance(v, np.generic) else v for v in value]
-        else:
-            config[path] = value.item() if isinstance(value, np.generic) else value
-
-
 def to_record(message: dict) -> RecordDict:
     """A protocol message (nested dicts of arrays, bytes, numbers, strings) as a Flower ``RecordDict``."""
-    arrays: dict = {}
-    config: dict = {}
-    _flatten(message, "", arrays, config)
-    return RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord(config)})
-
-
-def _key(part: str) -> int | str:
-    return int(part) if part.isdigit() else part
-
-
-def _insert(target: dict, path: str, value) -> None:
-    parts = path.split(_SEP)
-    for part in parts[:-1]:
-        target = target.setdefault(_key(part), {})
-    if parts[-1]:
-        target[_key(parts[-1])] = value
+    arrays, values = flatten(message)
+    return RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                       "config": ConfigRecord(values)})
 
 
 def from_record(record: RecordDict) -> dict:
     """Inverse of `to_record`."""
-    message: dict = {}
-    for path, value in record["config"].items():
-        _insert(message, path, value)
-    for path, array in record["arrays"].items():
-        _insert(message, path, array.numpy())
-    return message
+    return unflatten({k: a.numpy() for k, a in record["arrays"].items()}, dict(record["config"].items()))
 
 
 # ---------------------------------------------------------------------- aggregator side

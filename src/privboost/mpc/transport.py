@@ -38,7 +38,7 @@ from privboost.net.certs import CertPaths
 
 PREFIX = struct.Struct(">BIQ")
 KIND_ARRAY, KIND_BYTES, KIND_ABORT, KIND_CLOSE = 1, 2, 3, 4
-ALLOWED_DTYPES = {"<u8", "<i8", "|u1", "<f8"}
+ALLOWED_DTYPES = {"<u8", "<i8", "|u1", "<f8", "<f4", "<i4", "|b1"}  # plain numbers only: never object arrays
 MAX_HEADER = 1024
 MAX_PAYLOAD = 1 << 40
 DEFAULT_TIMEOUT_S = 60.0
@@ -145,7 +145,7 @@ class Channel(ABC):
         return header, payload
 
     def send_array(self, arr: np.ndarray) -> None:
-        """Send one numpy array (uint64, int64, uint8 or float64)."""
+        """Send one numpy array (uint64, int64, int32, uint8, bool, float64 or float32)."""
         arr = np.ascontiguousarray(arr)
         if arr.dtype.str not in ALLOWED_DTYPES:
             raise TypeError(f"cannot send arrays of dtype {arr.dtype}")

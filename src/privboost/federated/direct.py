@@ -1,0 +1,230 @@
+"""Direct transport for federated training: every site a separate process, one TLS 1.3 connection to the aggregator.
+
+The same `Site` and `FederatedAggregator` as on Flower, carried over `privboost.mpc.transport` (framed messages,
+mutual TLS authentication by certificate common name: ``aggregator``, ``site0``, ``site1``, ...; timeouts; aborts
+that carry their reason). A message is one JSON header (the non-array values; bytes base64-encoded) followed by one
+array frame per array. Requests go to every site before any reply is read, so the sites compute in parallel.
+
+Why it exists beside Flower: Flower's runtime delivers messages by polling, about 0.6 s per exchange in its
+simulation here, and federated boosting needs two exchanges per tree level (secure aggregation's masked input and
+unmasking), so at depth 6 and 100 trees the messaging alone takes ~12 minutes. Over direct connections an
+exchange costs what its bytes cost. Leakage is that of `privboost.federated.aggregator`: nothing else crosses.
+
+    privboost train federated --local --engine direct --data a.csv --data b.csv --label y --out model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
+from privboost.federated.messages import flatten, payload_bytes, unflatten
+from privboost.federated.site import Site, load_site_data
+from privboost.mpc.transport import (
+    Channel,
+    PeerAborted,
+    PeerDisconnected,
+    TlsListener,
+    TransportError,
+    TransportTimeout,
+    connect_tls,
+)
+from privboost.net.certs import CertPaths, make_certificates
+
+AGGREGATOR = "aggregator"
+
+
+def _encode_value(value: object) -> object:
+    if isinstance(value, bytes | bytearray):
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    return value
+
+
+def _decode_value(value: object) -> object:
+    if isinstance(value, dict):
+        if set(value) != {"b64"}:
+            raise TransportError("malformed message header value")
+        return base64.b64decode(value["b64"], validate=True)
+    return value
+
+
+def send_message(channel: Channel, message: dict) -> None:
+    """Send one protocol message: a JSON header, then its arrays in header order."""
+    arrays, values = flatten(message)
+    names = sorted(arrays)
+    header = {"values": {k: _encode_value(v) for k, v in values.items()}, "arrays": names}
+    channel.send_bytes(json.dumps(header).encode("utf-8"))
+    for name in names:
+        channel.send_array(arrays[name])
+
+
+def recv_message(channel: Channel) -> dict:
+    """Receive one protocol message sent by `send_message`; malformed input raises TransportError."""
+    try:
+        header = json.loads(channel.recv_bytes().decode("utf-8"))
+        values = {str(k): _decode_value(v) for k, v in header["values"].items()}
+        names = [str(n) for n in header["arrays"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TransportError(f"malformed message header: {exc}") from None
+    arrays = {name: channel.recv_array() for name in names}
+    return unflatten(arrays, values)
+
+
+class DirectSites:
+    """The aggregator's `Channel` over one TLS connection per site; a site that times out or vanishes is dropped."""
+
+    def __init__(self, channels: dict[int, Channel]) -> None:
+        self.channels = dict(channels)
+        self.gone: set[int] = set()
+        self.bytes_received = 0
+
+    def site_ids(self) -> list[int]:
+        """All sites' ids (dropped ones included: the aggregator tracks who is alive)."""
+        return sorted(self.channels)
+
+    def _drop(self, site: int) -> None:
+        self.gone.add(site)
+        self.channels[site].close()
+
+    def exchange(self, requests: dict[int, dict]) -> dict[int, dict]:
+        """Send every request, then collect the replies of the sites that answer."""
+        sent = []
+        for site, request in requests.items():
+            if site in self.gone:
+                continue
+            try:
+                send_message(self.channels[site], request)
+                sent.append(site)
+            except (PeerDisconnected, TransportTimeout):
+                self._drop(site)
+        replies = {}
+        for site in sent:
+            try:
+                replies[site] = recv_message(self.channels[site])
+                self.bytes_received += payload_bytes(replies[site])
+            except PeerAborted as exc:
+                raise FederatedError(f"site {site} failed: {exc}") from exc
+            except (PeerDisconnected, TransportTimeout):
+                self._drop(site)
+        return replies
+
+    def stop(self) -> None:
+        """Tell every remaining site that training is over."""
+        for site, channel in self.channels.items():
+            if site not in self.gone:
+                try:
+                    send_message(channel, {"stage": "stop"})
+                except TransportError:
+                    pass
+                channel.close()
+
+
+def serve_site(path: str, label: str, host: str, port: int, certs: CertPaths, timeout_s: float) -> None:
+    """A site's process: connect to the aggregator, answer requests until told to stop."""
+    site = Site(load_site_data(path, label))
+    channel = connect_tls(host, port, certs, AGGREGATOR, send_first=False, timeout_s=timeout_s)
+    try:
+        while True:
+            request = recv_message(channel)
+            if request.get("stage") == "stop":
+                return
+            try:
+                reply = site.handle(request)
+            except Exception as exc:
+                channel.abort(f"{type(exc).__name__}: {exc}")
+                raise
+            send_message(channel, reply)
+    finally:
+        channel.close()
+
+
+def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, out: str,
+                   progress: Progress | None = None, timeout_s: float = 600.0) -> dict:
+    """Every site as its own process on loopback over TLS, the aggregator here; writes the model to ``out``."""
+    names = [f"site{i}" for i in range(len(data_paths))]
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="privboost-federated-") as tmp:
+        certs = make_certificates(tmp, [AGGREGATOR, *names])
+        listener = TlsListener("127.0.0.1", 0, certs[AGGREGATOR])
+        sites: DirectSites | None = None
+        try:
+            for name, path in zip(names, data_paths, strict=True):
+                paths = certs[name]
+                procs.append(subprocess.Popen(  # noqa: S603 - our own module, arguments we built
+                    [sys.executable, "-m", "privboost.federated.direct", "--data", path, "--label", label,
+                     "--port", str(listener.port), "--cert", str(paths.cert), "--key", str(paths.key),
+                     "--ca", str(paths.ca), "--timeout", str(timeout_s)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            channels = {}
+            for _ in names:
+                channel = listener.accept(set(names) - {f"site{i}" for i in channels}, send_first=True,
+                                          timeout_s=timeout_s)
+                channels[int(channel.peer_name.removeprefix("site"))] = channel
+            sites = DirectSites(channels)
+            start = time.perf_counter()
+
+            def report(event: dict) -> None:
+                if progress is not None:
+                    progress({**event, "bytes_from_sites": sites.bytes_received})
+
+            result = FederatedAggregator(sites, params, report).train()
+            result.model.save(out)
+            sites.stop()
+            for proc in procs:
+                proc.wait(timeout=30)
+            return {"seconds": time.perf_counter() - start, "rounds": result.rounds, "alive": len(result.alive),
+                    "sites": len(names), "bytes_from_sites": sites.bytes_received,
+                    "mb_per_site_per_tree": sites.bytes_received / 1e6 / len(names) / params.n_estimators}
+        except TransportError as exc:
+            raise FederatedError(f"site connection failed: {exc}{_first_error(procs)}") from exc
+        except FederatedError as exc:
+            raise FederatedError(f"{exc}{_first_error(procs)}") from exc
+        finally:
+            listener.close()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def _first_error(procs: list[subprocess.Popen]) -> str:
+    for proc in procs:
+        if proc.poll() is not None and proc.returncode != 0 and proc.stderr is not None:
+            lines = [line for line in proc.stderr.read().splitlines() if line.strip()]
+            if lines:
+                return f" (a site said: {lines[-1]})"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a site process (started by `run_direct_job`)."""
+    ap = argparse.ArgumentParser(prog="python -m privboost.federated.direct", description="one federated site")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--cert", required=True)
+    ap.add_argument("--key", required=True)
+    ap.add_argument("--ca", required=True)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    try:
+        serve_site(args.data, args.label, args.host, args.port,
+                   CertPaths(Path(args.cert), Path(args.key), Path(args.ca)), args.timeout)
+    except Exception as exc:  # the aggregator has the reason through the abort frame; say it here too
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
