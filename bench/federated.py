@@ -1,15 +1,16 @@
 """Federated training benchmark, side by side with plaintext xgboost on the pooled data in the same run.
 
 Synthetic binary classification (n × F, default 1,000,000 × 100) split over S sites (default 10 and 100); 100 trees
-of depth 6. For each site count it runs exactly what ``privboost train federated --local`` runs — every site and the
-aggregator in Flower's simulation, with SecAgg+ secure aggregation — and prints wall time, MB sent per site per tree,
-rounds, peak RSS of all processes (Ray's included), test AUC, and the same for ``xgboost.train(tree_method="hist")``
-on the pooled data (QuantileDMatrix build included in its time). With ``--inprocess`` it also runs the same protocol
-with the sites called directly (no Flower), which separates the protocol's own cost from Flower's messaging.
-Last line: one JSON object with the headline figures of the first site count.
+of depth 6. For each site count and engine it runs what ``privboost train federated --local [--engine E]`` runs,
+with SecAgg+ secure aggregation: ``flower`` (every site and the aggregator in Flower's simulation), ``direct`` (every
+site its own process with a TLS connection to the aggregator), and ``inprocess`` (sites called directly: the
+protocol's own cost, no messaging). It prints wall time, MB sent per site per tree, rounds, peak RSS of all processes
+(Ray's and the sites' included) and test AUC, beside ``xgboost.train(tree_method="hist")`` on the pooled data
+(QuantileDMatrix build included in its time). Last line: one JSON object with the headline figures of the first site
+count (``federated_s``/``ratio``: Flower engine; ``direct_s``/``direct_ratio``: direct engine).
 
     python bench/federated.py [--rows 1000000] [--features 100] [--sites 10 100] [--trees 100] [--depth 6]
-                              [--max-bin 256] [--inprocess]
+                              [--max-bin 256] [--engines flower direct inprocess]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 from privboost.federated.aggregator import FederatedAggregator, FederatedParams
 from privboost.federated.channel import LocalChannel
+from privboost.federated.direct import run_direct_job
 from privboost.federated.flower_app import FederatedJob, run_simulation_job
 from privboost.federated.site import Site, load_site_data
 
@@ -123,6 +125,20 @@ def run_flower(paths: list[str], params: FederatedParams, out: Path, test_x: np.
             "auc": roc_auc_score(test_y, model.predict(test_x))}
 
 
+def run_direct(paths: list[str], params: FederatedParams, out: Path, test_x: np.ndarray, test_y: np.ndarray) -> dict:
+    """``--engine direct``: every site its own process over TLS on loopback."""
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        stats = run_direct_job(paths, "label", params, str(out))
+        seconds = time.perf_counter() - start
+    from privboost.model import TreeEnsemble
+
+    model = TreeEnsemble.load(out)
+    return {"federated_s": seconds, "aggregator_s": stats["seconds"], "rounds": stats["rounds"],
+            "mb_per_site_per_tree": stats["mb_per_site_per_tree"], "peak_rss_gb": memory.peak / 1e9,
+            "auc": roc_auc_score(test_y, model.predict(test_x))}
+
+
 def run_inprocess(paths: list[str], params: FederatedParams, test_x: np.ndarray, test_y: np.ndarray) -> dict:
     """The same protocol with the sites called directly: its own cost without Flower's messaging."""
     sites = {i: Site(load_site_data(p, "label")) for i, p in enumerate(paths)}
@@ -144,11 +160,12 @@ def main() -> None:
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--max-bin", type=int, default=256)
-    ap.add_argument("--inprocess", action="store_true", help="also time the protocol without Flower")
+    ap.add_argument("--engines", nargs="+", default=["flower", "direct", "inprocess"],
+                    choices=["flower", "direct", "inprocess"])
     args = ap.parse_args()
     params = FederatedParams(objective="binary:logistic", n_estimators=args.trees, max_depth=args.depth,
                              learning_rate=0.3, max_bin=args.max_bin)
-    rows, headline = [], None
+    headline: dict | None = None
     with tempfile.TemporaryDirectory(prefix="privboost-fedbench-") as tmp:
         folder = Path(tmp)
         for count in args.sites:
@@ -157,33 +174,36 @@ def main() -> None:
             paths, test_x, test_y = make_sites(args.rows, args.features, count, sub)
             base = float(np.mean(np.concatenate([pd.read_parquet(p, columns=["label"])["label"] for p in paths])))
             plain = run_xgboost(paths, params, base, test_x, test_y)
-            fed = run_flower(paths, params, sub / "model.json", test_x, test_y)
-            row = {"sites": count, **{f"xgb_{k}": v for k, v in plain.items()}, **fed,
-                   "ratio": fed["federated_s"] / plain["xgboost_s"]}
-            if args.inprocess:
-                local = run_inprocess(paths, params, test_x, test_y)
-                row.update({"protocol_s": local["protocol_s"], "protocol_auc": local["auc"],
-                            "protocol_ratio": local["protocol_s"] / plain["xgboost_s"]})
-            rows.append(row)
             print(f"{args.rows:,} x {args.features}, {count} sites, {args.trees} trees depth {args.depth}, "
                   f"max_bin {args.max_bin}:")
-            print(f"  xgboost hist (pooled)   {plain['xgboost_s']:8.1f} s  (QuantileDMatrix {plain['dmatrix_s']:.1f} s"
-                  f" + train {plain['train_s']:.1f} s)   AUC {plain['auc']:.4f}")
-            print(f"  federated (Flower sim)  {fed['federated_s']:8.1f} s  (aggregator {fed['aggregator_s']:.1f} s, "
-                  f"{fed['rounds']} secure rounds)   AUC {fed['auc']:.4f}   ratio {row['ratio']:.1f}x")
-            print(f"  {fed['mb_per_site_per_tree']:.2f} MB per site per tree, peak RSS {fed['peak_rss_gb']:.2f} GB "
-                  "(all processes)")
-            if args.inprocess:
-                print(f"  same protocol, sites called directly: {row['protocol_s']:.1f} s "
-                      f"({row['protocol_ratio']:.1f}x xgboost), AUC {row['protocol_auc']:.4f}")
+            print(f"  {'xgboost hist (pooled)':32s} {plain['xgboost_s']:8.1f} s  (QuantileDMatrix "
+                  f"{plain['dmatrix_s']:.1f} s + train {plain['train_s']:.1f} s)   AUC {plain['auc']:.4f}", flush=True)
+            results = {}
+            for engine in args.engines:
+                if engine == "flower":
+                    results[engine] = run_flower(paths, params, sub / "flower.json", test_x, test_y)
+                elif engine == "direct":
+                    results[engine] = run_direct(paths, params, sub / "direct.json", test_x, test_y)
+                else:
+                    local = run_inprocess(paths, params, test_x, test_y)
+                    results[engine] = {**local, "federated_s": local["protocol_s"]}
+                r = results[engine]
+                label = {"flower": "federated, Flower simulation", "direct": "federated, sites as TLS processes",
+                         "inprocess": "protocol only (sites called)"}[engine]
+                print(f"  {label:32s} {r['federated_s']:8.1f} s  ({r['rounds']} secure rounds, "
+                      f"{r['mb_per_site_per_tree']:.2f} MB per site per tree, peak RSS {r['peak_rss_gb']:.2f} GB)   "
+                      f"AUC {r['auc']:.4f}   {r['federated_s'] / plain['xgboost_s']:.1f}x xgboost", flush=True)
             if headline is None:
-                headline = {"federated_s": round(fed["federated_s"], 2), "xgboost_s": round(plain["xgboost_s"], 2),
-                            "ratio": round(row["ratio"], 2),
-                            "mb_per_site_per_tree": round(fed["mb_per_site_per_tree"], 3),
-                            "sites": count, "peak_rss_gb": round(fed["peak_rss_gb"], 2),
-                            "auc": round(fed["auc"], 5), "xgboost_auc": round(plain["auc"], 5)}
-                if args.inprocess:
-                    headline["protocol_s"] = round(row["protocol_s"], 2)
+                headline = {"sites": count, "trees": args.trees, "xgboost_s": round(plain["xgboost_s"], 2),
+                            "xgboost_auc": round(plain["auc"], 5)}
+                for engine, r in results.items():
+                    prefix = {"flower": "", "direct": "direct_", "inprocess": "protocol_"}[engine]
+                    seconds_key = "federated_s" if engine == "flower" else f"{prefix}s"
+                    headline[seconds_key] = round(r["federated_s"], 2)
+                    headline[f"{prefix}ratio"] = round(r["federated_s"] / plain["xgboost_s"], 2)
+                    headline[f"{prefix}mb_per_site_per_tree"] = round(r["mb_per_site_per_tree"], 3)
+                    headline[f"{prefix}peak_rss_gb"] = round(r["peak_rss_gb"], 2)
+                    headline[f"{prefix}auc"] = round(r["auc"], 5)
     print(json.dumps(headline))
 
 

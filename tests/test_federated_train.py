@@ -306,3 +306,68 @@ def test_cli_refuses_bad_input_without_writing(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "nope" in bad.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ direct engine
+def _kill_site_process(path) -> bool:
+    import os
+    import signal
+    from pathlib import Path
+
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"privboost.federated.direct" in cmdline and str(path).encode() in cmdline:
+                os.kill(int(entry.name), signal.SIGKILL)
+                return True
+    return False
+
+
+def test_cli_direct_engine_matches_direct_run(tmp_path):
+    """``--engine direct``: every site its own process over TLS; the same model as the in-process run."""
+    x, y, names, _ = DATASETS["breast_cancer"]
+    paths = _write_sites(tmp_path, x, y, names, [1, 1, 2])
+    out = tmp_path / "model.json"
+    command = [sys.executable, "-m", "privboost", "train", "federated", "--local", "--engine", "direct",
+               *[a for p in paths for a in ("--data", str(p))], "--label", "outcome", "--out", str(out),
+               "--n-estimators", "3", "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "32"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    from privboost.data import feature_matrix, read_table
+    from privboost.federated.site import load_site_data
+
+    direct, _ = _train({i: Site(load_site_data(str(p), "outcome")) for i, p in enumerate(paths)},
+                       FederatedParams(n_estimators=3, max_depth=3, learning_rate=0.3, max_bin=32))
+    data = feature_matrix(pd.concat([read_table(p) for p in paths]), names)
+    booster = xgb.Booster(model_file=str(out))
+    np.testing.assert_allclose(booster.predict(xgb.DMatrix(data, feature_names=names)), direct.model.predict(data),
+                               rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kill", [1, 3])
+def test_killed_site_processes(tmp_path, kill):
+    """Site processes killed mid-training: one (4 sites, threshold 2) → training finishes with the survivors;
+    three → a clear error and no model file."""
+    from privboost.federated.direct import run_direct_job
+
+    x, y, names, _ = DATASETS["breast_cancer"]
+    paths = _write_sites(tmp_path, x, y, names, [1, 1, 1, 1])
+    out = tmp_path / "model.json"
+    killed: list[bool] = []
+
+    def progress(event):
+        if event["tree"] == 2 and event["level"] == 0 and not killed:
+            killed.extend(_kill_site_process(p) for p in paths[-kill:])
+
+    params = FederatedParams(n_estimators=4, max_depth=3, max_bin=16)
+    if kill == 1:
+        stats = run_direct_job([str(p) for p in paths], "outcome", params, str(out), progress, timeout_s=60)
+        assert killed == [True] and stats["alive"] == 3 and out.is_file()
+        assert len(xgb.Booster(model_file=str(out)).get_dump()) == 4
+    else:
+        with pytest.raises(FederatedError, match="needed to unmask|aborting|too few|threshold"):
+            run_direct_job([str(p) for p in paths], "outcome", params, str(out), progress, timeout_s=60)
+        assert killed == [True] * 3 and not out.exists()
