@@ -379,7 +379,7 @@ def _federated_options_from_toml(config: Path) -> dict:
         _fail(f"cannot read job file {config}: {exc}", 2)
     job = doc.get("job", doc)
     known = {"data", "label", "out", "n_estimators", "max_depth", "learning_rate", "max_bin", "objective",
-             "reg_lambda", "gamma", "min_child_weight", "base_score", "frac_bits", "round_timeout"}
+             "reg_lambda", "gamma", "min_child_weight", "base_score", "frac_bits", "round_timeout", "engine"}
     unknown = sorted(set(job) - known)
     if unknown:
         _fail(f"{config}: unknown keys {unknown}; known: {sorted(known)}", 2)
@@ -424,6 +424,7 @@ def train_federated(
         reg_lambda, gamma = float(job.get("reg_lambda", reg_lambda)), float(job.get("gamma", gamma))
         min_child_weight = float(job.get("min_child_weight", min_child_weight))
         frac_bits, round_timeout = job.get("frac_bits", frac_bits), float(job.get("round_timeout", round_timeout))
+        engine = str(job.get("engine", engine))
     elif not local:
         _fail("give --local with --data files (one per site), or --config JOB.toml; to deploy across hosts use "
               "Flower's SuperLink/SuperNodes (see the README)", 2)

@@ -151,6 +151,9 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
     """Every site as its own process on loopback over TLS, the aggregator here; writes the model to ``out``."""
     names = [f"site{i}" for i in range(len(data_paths))]
     procs: list[subprocess.Popen] = []
+    # sites on one machine share its cores: give each a fair share of threads instead of oversubscribing them
+    threads = max(1, (os.cpu_count() or 1) // len(names))
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory(prefix="privboost-federated-") as tmp:
         certs = make_certificates(tmp, [AGGREGATOR, *names])
         listener = TlsListener("127.0.0.1", 0, certs[AGGREGATOR])
@@ -158,11 +161,12 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
         try:
             for name, path in zip(names, data_paths, strict=True):
                 paths = certs[name]
-                procs.append(subprocess.Popen(  # noqa: S603 - our own module, arguments we built
-                    [sys.executable, "-m", "privboost.federated.direct", "--data", path, "--label", label,
-                     "--port", str(listener.port), "--cert", str(paths.cert), "--key", str(paths.key),
-                     "--ca", str(paths.ca), "--timeout", str(timeout_s)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                with open(Path(tmp) / f"{name}.log", "wb") as log:  # a file, so a chatty site never blocks on a pipe
+                    procs.append(subprocess.Popen(  # noqa: S603 - our own module, arguments we built
+                        [sys.executable, "-m", "privboost.federated.direct", "--data", path, "--label", label,
+                         "--port", str(listener.port), "--cert", str(paths.cert), "--key", str(paths.key),
+                         "--ca", str(paths.ca), "--timeout", str(timeout_s)],
+                        stdout=subprocess.DEVNULL, stderr=log, env=env))
             channels = {}
             for _ in names:
                 channel = listener.accept(set(names) - {f"site{i}" for i in channels}, send_first=True,
@@ -184,9 +188,9 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
                     "sites": len(names), "bytes_from_sites": sites.bytes_received,
                     "mb_per_site_per_tree": sites.bytes_received / 1e6 / len(names) / params.n_estimators}
         except TransportError as exc:
-            raise FederatedError(f"site connection failed: {exc}{_first_error(procs)}") from exc
+            raise FederatedError(f"site connection failed: {exc}{_first_error(procs, Path(tmp))}") from exc
         except FederatedError as exc:
-            raise FederatedError(f"{exc}{_first_error(procs)}") from exc
+            raise FederatedError(f"{exc}{_first_error(procs, Path(tmp))}") from exc
         finally:
             listener.close()
             for proc in procs:
@@ -195,12 +199,13 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
                     proc.wait()
 
 
-def _first_error(procs: list[subprocess.Popen]) -> str:
-    for proc in procs:
-        if proc.poll() is not None and proc.returncode != 0 and proc.stderr is not None:
-            lines = [line for line in proc.stderr.read().splitlines() if line.strip()]
+def _first_error(procs: list[subprocess.Popen], logs: Path) -> str:
+    for i, proc in enumerate(procs):
+        log = logs / f"site{i}.log"
+        if proc.poll() is not None and proc.returncode != 0 and log.is_file():
+            lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             if lines:
-                return f" (a site said: {lines[-1]})"
+                return f" (site{i} said: {lines[-1]})"
     return ""
 
 

@@ -2,9 +2,10 @@
 
 The same two apps run in Flower's simulation on one machine (`run_simulation`, used by
 ``privboost train federated --local``) and, unchanged, deployed across hosts: a SuperLink, one SuperNode per site
-started with ``--node-config "data-path='site.csv'"``, and ``flwr run`` of the app described in
-``privboost.federated.flower_project`` (see the README). In deployment the apps read the job from Flower's run
-config (``label``, ``n-estimators``, ...); in simulation the job is passed in directly.
+started with ``--node-config "data-path='site.csv'"``, and ``flwr run deploy/flower`` (the Flower App in the
+repository's ``deploy/flower/``, whose README has the commands). In deployment the apps read the job from Flower's
+run config (``label``, ``n-estimators``, ...; ``out`` is a path on the SuperLink's host, best absolute); in
+simulation the job is passed in directly.
 
 A site keeps what it must remember between messages (secure-aggregation keys, bin edges, margins, each row's
 node) in Flower's per-node ``context.state``, because a deployed SuperNode starts a fresh ClientApp process for
@@ -208,10 +209,13 @@ def client_app(data_paths: list[str] | None = None, label: str | None = None) ->
 
 
 def _deployed_main(grid: Grid, context: Context) -> None:
+    from flwr.common import log  # Flower's logger: its lines reach ``flwr run --stream``
+
     job = FederatedJob.from_run_config(dict(context.run_config))
-    run_aggregator(grid, job, lambda event: logging.getLogger("privboost").info(
-        "tree %d/%d level %d, sites alive %d/%d, %.1f MB received", event["tree"], event["trees"], event["level"],
-        event["alive"], event["sites"], event["bytes_from_sites"] / 1e6))
+    run_aggregator(grid, job, lambda event: log(
+        logging.INFO, "tree %d/%d level %d, sites alive %d/%d, %.1f MB received", event["tree"], event["trees"],
+        event["level"], event["alive"], event["sites"], event["bytes_from_sites"] / 1e6))
+    log(logging.INFO, "model written to %s", Path(job.out).resolve())
 
 
 #: Entry points for a deployed run (``flwr run``; see ``deploy/flower/pyproject.toml``): job from the run config.

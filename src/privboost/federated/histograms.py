@@ -117,23 +117,22 @@ def bin_matrix(values: np.ndarray, edges: list[np.ndarray], n_bins: int | None =
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def _hist_by_feature(bins, slot, g, h, n_bins, out):  # pragma: no cover - compiled
-    # column-major bins: thread-per-feature, reading that feature's column contiguously; returns a bad-bin flag
-    n, n_features = bins.shape
+def _hist_by_feature(bins, rows, slot, g, h, n_bins, out):  # pragma: no cover - compiled
+    # column-major bins: thread-per-feature over the counted rows only (ascending, so each column is read
+    # forward); slot/g/h are already compacted to those rows. Returns a bad-bin flag.
+    n_features = bins.shape[1]
     bad = np.zeros(n_features, np.bool_)
     for f in prange(n_features):
         col = bins[:, f]
         acc = out[:, f]  # this feature's (slots, bins, 2) slab: owned by this iteration only
-        for i in range(n):
-            s = slot[i]
-            if s < 0:
-                continue
-            b = col[i]
+        for j in range(rows.size):
+            b = col[rows[j]]
             if b > n_bins:
                 bad[f] = True
                 continue
-            acc[s, b, 0] += g[i]
-            acc[s, b, 1] += h[i]
+            s = slot[j]
+            acc[s, b, 0] += g[j]
+            acc[s, b, 1] += h[j]
     return bad.any()
 
 
@@ -177,7 +176,8 @@ def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.nd
         columns = np.empty(bins.shape, bins.dtype, order="F")
         _to_columns(np.ascontiguousarray(bins), columns)
         bins = columns
-    bad = _hist_by_feature(bins, slot, g, h, n_bins, out)
+    rows = np.flatnonzero(slot >= 0)  # deeper levels count only the rows of the children being built
+    bad = _hist_by_feature(bins, rows, slot[rows], g[rows], h[rows], n_bins, out)
     if bad:
         raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
     return out

@@ -494,11 +494,10 @@ class SecAggSite:
             raise SecAggError(f"sites {sorted(alive - self._alive)} are not alive any more and cannot rejoin")
         b, seeds = self._own
         masked = vector.astype(np.uint64, copy=True)
-        np.add(masked, Prg(b).words(masked.shape), out=masked)
+        Prg(b).add_into(masked)
         for v in self._neighbours:
             if v in alive:
-                stream = Prg(seeds[v]).words(masked.shape)
-                (np.add if self.site_id < v else np.subtract)(masked, stream, out=masked)
+                Prg(seeds[v]).add_into(masked, subtract=self.site_id > v)
         previous = self._tag
         packets = self._commit(round_id, alive)
         for tag in [tag for tag in self._held if tag not in (previous, round_id)]:
@@ -701,11 +700,10 @@ class SecAggAggregator:
         for y in masked.values():
             np.add(total, y, out=total)
         for u in sorted(survivors):
-            np.subtract(total, Prg(self_masks[u][0]).words(shape), out=total)
+            Prg(self_masks[u][0]).add_into(total, subtract=True)
         for u in sorted(pair_seeds):
             flat = b"".join(pair_seeds[u])
             for i, v in enumerate(self.config.neighbours(u)):
                 if v in survivors:  # y_v holds +PRG(p_uv) if v < u else -PRG(p_uv)
-                    stream = Prg(flat[i * SEED_BYTES:(i + 1) * SEED_BYTES]).words(shape)
-                    (np.subtract if v < u else np.add)(total, stream, out=total)
+                    Prg(flat[i * SEED_BYTES:(i + 1) * SEED_BYTES]).add_into(total, subtract=v < u)
         return total

@@ -45,6 +45,26 @@ class Prg:
             self._encryptor.update_into(_ZEROS[:length] if length < _CHUNK else _ZEROS, view[start:start + length + 15])
         return np.frombuffer(buffer, dtype=DTYPE, count=count).reshape(shape)
 
+    def add_into(self, out: np.ndarray, subtract: bool = False) -> None:
+        """``out += words`` (or ``-=``) mod 2^64 in place, for a contiguous uint64 ``out``, drawing ``out.size`` words.
+
+        Streams the key through one small reused buffer: no array of the stream's size is ever allocated, which
+        for masks of millions of words saves the page faults of fresh memory and keeps the buffer in cache.
+        """
+        flat = out.reshape(-1)
+        if flat.dtype != DTYPE or not flat.flags.c_contiguous:
+            raise ValueError("add_into needs a contiguous uint64 array")
+        self.words_drawn += flat.size
+        per_chunk = _CHUNK // 8
+        scratch = bytearray(_CHUNK + 15)
+        view = memoryview(scratch)
+        stream = np.frombuffer(scratch, dtype=DTYPE, count=per_chunk)
+        combine = np.subtract if subtract else np.add
+        for start in range(0, flat.size, per_chunk):
+            count = min(per_chunk, flat.size - start)
+            self._encryptor.update_into(_ZEROS[:8 * count] if count < per_chunk else _ZEROS, view[:8 * count + 15])
+            combine(flat[start:start + count], stream[:count], out=flat[start:start + count])
+
     def bits(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform 0/1 uint64 array of ``shape`` (one bit drawn per element, 64 elements per word drawn)."""
         count = int(np.prod(shape, dtype=np.int64))
