@@ -451,7 +451,8 @@ def train_federated(
         job = FederatedJob(params, str(out.resolve()), len(data), round_timeout)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                       TimeElapsedColumn(), console=err, transient=False) as bar:
-            task = bar.add_task("federated training", total=n_estimators * max_depth, detail="starting Flower")
+            task = bar.add_task("federated training", total=n_estimators * max_depth,
+                                detail="starting Flower" if engine == "flower" else "starting the sites")
 
             def show(event: dict) -> None:
                 bar.update(task, completed=(event["tree"] - 1) * max_depth + event["level"] + 1,

@@ -167,11 +167,7 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
                          "--port", str(listener.port), "--cert", str(paths.cert), "--key", str(paths.key),
                          "--ca", str(paths.ca), "--timeout", str(timeout_s)],
                         stdout=subprocess.DEVNULL, stderr=log, env=env))
-            channels = {}
-            for _ in names:
-                channel = listener.accept(set(names) - {f"site{i}" for i in channels}, send_first=True,
-                                          timeout_s=timeout_s)
-                channels[int(channel.peer_name.removeprefix("site"))] = channel
+            channels = _accept_sites(listener, names, procs, timeout_s)
             sites = DirectSites(channels)
             start = time.perf_counter()
 
@@ -197,6 +193,26 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+def _accept_sites(listener: TlsListener, names: list[str], procs: list[subprocess.Popen],
+                  timeout_s: float) -> dict[int, Channel]:
+    """Every site's connection; fails at once, with the site's own message, if a site process exits first."""
+    channels: dict[int, Channel] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(channels) < len(names):
+        try:
+            channel = listener.accept(set(names) - {f"site{i}" for i in channels}, send_first=True,
+                                      timeout_s=min(1.0, timeout_s))
+        except TransportTimeout:
+            if any(proc.poll() is not None for proc in procs):
+                raise FederatedError("a site stopped before connecting") from None  # the caller adds its words
+            if time.monotonic() > deadline:
+                raise
+            continue
+        channel.set_timeout(timeout_s)
+        channels[int(channel.peer_name.removeprefix("site"))] = channel
+    return channels
 
 
 def _first_error(procs: list[subprocess.Popen], logs: Path) -> str:

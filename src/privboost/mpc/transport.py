@@ -144,6 +144,10 @@ class Channel(ABC):
             raise TransportError(f"{self.peer_name} sent frame kind {kind}, expected {expected_kind}")
         return header, payload
 
+    def set_timeout(self, timeout_s: float) -> None:
+        """Change how long any later send or receive may wait."""
+        self.timeout_s = timeout_s
+
     def send_array(self, arr: np.ndarray) -> None:
         """Send one numpy array (uint64, int64, int32, uint8, bool, float64 or float32)."""
         arr = np.ascontiguousarray(arr)
@@ -275,6 +279,11 @@ class SocketChannel(Channel):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # not a TCP socket (e.g. a socketpair in tests): nothing to tune
             pass
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """Change how long any later send or receive may wait (the socket's own timeout too)."""
+        super().set_timeout(timeout_s)
+        self._sock.settimeout(timeout_s)
 
     @property
     def _frame_in_flight(self) -> bool:
