@@ -79,5 +79,6 @@ def test_malformed_model_file_is_refused(server, tmp_path):
 def test_demo_runs_every_role_and_matches_xgboost(tmp_path):
     from privboost.demo import run_demo
 
-    assert run_demo(tmp_path / "demo", rows=5, secure_trees=2) < 1e-6
+    assert run_demo(tmp_path / "demo", rows=5, secure_trees=2, federated_trees=2) < 1e-6
     assert (tmp_path / "demo" / "secure_model.json").is_file()
+    assert (tmp_path / "demo" / "federated_model.json").is_file()

@@ -136,9 +136,6 @@ def run_demo(workdir: Path, rows: int = 20, secure_trees: int = 5, federated_tre
 def _secure_training_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndarray, x_test: pd.DataFrame,
                           y_test: np.ndarray, trees: int) -> None:
     """Two hospitals train together on secret shares (vertical split by patient id); compare with pooled xgboost."""
-    import xgboost as xgb
-    from sklearn.metrics import roc_auc_score
-
     console.rule("[bold]6. two hospitals train a model together without pooling their records")
     train = x_train.fillna(x_train.median()).reset_index(drop=True)  # each hospital imputes its own columns
     test = x_test.fillna(x_train.median())
@@ -158,26 +155,32 @@ def _secure_training_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndar
           "--split", "vertical", "--id-column", "patient_id", "--out", str(model_path), "--n-estimators", str(trees),
           "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16"])
     seconds = time.perf_counter() - t0
-    secure = xgb.Booster()
-    secure.load_model(str(model_path))
-    pooled = xgb.train({"objective": "binary:logistic", "max_depth": 3, "eta": 0.3, "tree_method": "hist",
-                        "max_bin": 16, "base_score": 0.5}, xgb.DMatrix(train[secure.feature_names], y_train),
-                       num_boost_round=trees)
+    _compare_with_pooled(model_path, "secure (secret shares, never pooled)", {"max_depth": 3, "max_bin": 16,
+                         "base_score": 0.5}, train, y_train, test, y_test, trees, f"secure training of {trees} trees",
+                         seconds)
+
+
+def _compare_with_pooled(model_path: Path, title: str, params: dict, x_train: pd.DataFrame, y_train: np.ndarray,
+                         x_test: pd.DataFrame, y_test: np.ndarray, trees: int, what: str, seconds: float) -> None:
+    """Test AUC of the jointly trained model beside xgboost trained on the pooled rows with the same parameters."""
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    model = xgb.Booster()
+    model.load_model(str(model_path))
+    names = model.feature_names
+    pooled = xgb.train({"objective": "binary:logistic", "eta": 0.3, "tree_method": "hist", **params},
+                       xgb.DMatrix(x_train[names], y_train), num_boost_round=trees)
     table = Table("model", "test AUC")
-    table.add_row("secure (secret shares, never pooled)",
-                  f"{roc_auc_score(y_test, secure.predict(xgb.DMatrix(test[secure.feature_names]))):.4f}")
-    table.add_row("xgboost on pooled data (for comparison)",
-                  f"{roc_auc_score(y_test, pooled.predict(xgb.DMatrix(test[secure.feature_names]))):.4f}")
+    for row, booster in ((title, model), ("xgboost on pooled data (for comparison)", pooled)):
+        table.add_row(row, f"{roc_auc_score(y_test, booster.predict(xgb.DMatrix(x_test[names]))):.4f}")
     console.print(table)
-    console.print(f"secure training of {trees} trees took {seconds:.0f} s; the model is XGBoost JSON: {model_path}")
+    console.print(f"{what} took {seconds:.0f} s; the model is XGBoost JSON: {model_path}")
 
 
 def _federated_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndarray, x_test: pd.DataFrame,
                     y_test: np.ndarray, trees: int) -> None:
     """Five hospitals (rows split unevenly, missing values kept) train with Flower + SecAgg+; compare with pooled."""
-    import xgboost as xgb
-    from sklearn.metrics import roc_auc_score
-
     console.rule("[bold]7. five hospitals train together by federated learning with secure aggregation")
     table = x_train.reset_index(drop=True).copy()
     table["diabetes"] = y_train
@@ -198,20 +201,9 @@ def _federated_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndarray, x
           "--out", str(model_path), "--n-estimators", str(trees), "--max-depth", "4", "--learning-rate", "0.3",
           "--max-bin", "64"])
     seconds = time.perf_counter() - t0
-    federated = xgb.Booster()
-    federated.load_model(str(model_path))
-    names = federated.feature_names
-    base = float(np.mean(y_train))
-    pooled = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "tree_method": "hist",
-                        "max_bin": 64, "base_score": base}, xgb.DMatrix(x_train[names], y_train),
-                       num_boost_round=trees)
-    result = Table("model", "test AUC")
-    result.add_row("federated (5 hospitals, secure aggregation)",
-                   f"{roc_auc_score(y_test, federated.predict(xgb.DMatrix(x_test[names]))):.4f}")
-    result.add_row("xgboost on pooled data (for comparison)",
-                   f"{roc_auc_score(y_test, pooled.predict(xgb.DMatrix(x_test[names]))):.4f}")
-    console.print(result)
-    console.print(f"federated training of {trees} trees took {seconds:.0f} s; the model is XGBoost JSON: {model_path}")
+    _compare_with_pooled(model_path, "federated (5 hospitals, secure aggregation)",
+                         {"max_depth": 4, "max_bin": 64, "base_score": float(np.mean(y_train))}, x_train, y_train,
+                         x_test, y_test, trees, f"federated training of {trees} trees", seconds)
 
 
 def _fmt(value: float) -> str:
