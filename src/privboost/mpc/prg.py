@@ -37,13 +37,14 @@ class Prg:
         count = int(np.prod(shape, dtype=np.int64))
         self.words_drawn += count
         size = 8 * count
-        # encrypt zeros chunk by chunk straight into the result's buffer (update_into needs 15 spare bytes)
-        buffer = bytearray(size + 15)
-        view = memoryview(buffer)
+        # encrypt zeros chunk by chunk straight into the result (np.empty: no zero-filling pass over the memory;
+        # update_into needs 15 spare bytes, hence the 2 extra words)
+        buffer = np.empty(count + 2, dtype=DTYPE)
+        view = memoryview(buffer).cast("B")
         for start in range(0, size, _CHUNK):
             length = min(_CHUNK, size - start)
             self._encryptor.update_into(_ZEROS[:length] if length < _CHUNK else _ZEROS, view[start:start + length + 15])
-        return np.frombuffer(buffer, dtype=DTYPE, count=count).reshape(shape)
+        return buffer[:count].reshape(shape)
 
     def add_into(self, out: np.ndarray, subtract: bool = False) -> None:
         """``out += words`` (or ``-=``) mod 2^64 in place, for a contiguous uint64 ``out``, drawing ``out.size`` words.
