@@ -30,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from view_stats import PValues, same_distribution_pvalues, uniform_pvalues
 
 from privboost.mpc.protocols import arithmetic as ar
 from privboost.mpc.protocols import boolean as bo
@@ -775,91 +776,7 @@ def test_msb_of_every_edge_with_random_shares():
 # views of shuffle / shared permutations and of reciprocal / sigmoid
 
 
-ALPHA = 1e-4
 N = 4096  # elements per secret vector: enough words for 8 x 256 byte histograms; a multiple of 64 (daBit words)
-MIN_EXPECTED = 16
-_ROW_OFFSET = np.arange(8, dtype=np.int64) * 256
-
-
-def _byte_rows(words: np.ndarray) -> np.ndarray:
-    """8 x 256 histogram: row j counts the values of byte j (little-endian) of the words."""
-    raw = np.ascontiguousarray(words, dtype=DTYPE).reshape(-1).view(np.uint8).reshape(-1, 8)
-    return np.bincount((raw + _ROW_OFFSET).ravel(), minlength=8 * 256).reshape(8, 256)
-
-
-_BYTE_BITS = (np.arange(256)[:, None] >> np.arange(8)) & 1  # 256 x 8: bit b of byte value v
-
-
-def _bit_ones(rows: np.ndarray) -> np.ndarray:
-    """Number of words with bit j set, j = 0..63, from the 8 x 256 byte histogram of the words."""
-    return (rows @ _BYTE_BITS).reshape(64)
-
-
-def uniform_pvalues(words: np.ndarray, quick: bool = False) -> dict[str, float]:
-    """p-values of 'uniform uint64 words': byte values per byte position (2040 dof) or pooled (255 dof) as the size
-    allows, and the 64 bit-position frequencies (``quick``: only the first)."""
-    words = np.asarray(words, DTYPE).reshape(-1)
-    n = words.size
-    rows = _byte_rows(words)
-    out: dict[str, float] = {}
-    if n / 256 >= MIN_EXPECTED:
-        expected = n / 256
-        out["bytes_by_position"] = float(stats.chi2.sf(((rows - expected) ** 2 / expected).sum(), 8 * 255))
-        if quick:
-            return out
-    elif 8 * n / 256 >= MIN_EXPECTED:
-        pooled, expected = rows.sum(axis=0), 8 * n / 256
-        out["bytes"] = float(stats.chi2.sf(((pooled - expected) ** 2 / expected).sum(), 255))
-    if n >= 16:
-        z = (_bit_ones(rows) - n / 2) / np.sqrt(n / 4)
-        out["bits"] = float(stats.chi2.sf((z**2).sum(), 64))
-    return out
-
-
-def same_distribution_pvalues(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Two-sample p-values of 'the words of a and b have the same distribution': byte values per byte position
-    (Pearson chi-square of the 2 x 256 tables, summed over positions) and bit-position frequencies."""
-    a, b = np.asarray(a, DTYPE).reshape(-1), np.asarray(b, DTYPE).reshape(-1)
-    rows_a, rows_b = _byte_rows(a), _byte_rows(b)
-    out: dict[str, float] = {}
-    if min(a.size, b.size) / 256 >= MIN_EXPECTED / 2:
-        stat, dof = 0.0, 0
-        for ra, rb in zip(rows_a, rows_b, strict=True):
-            keep = (ra + rb) > 0
-            if keep.sum() < 2:
-                continue
-            table = np.stack([ra[keep], rb[keep]]).astype(float)
-            expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
-            stat += float(((table - expected) ** 2 / expected).sum())
-            dof += int(keep.sum()) - 1
-        out["bytes_by_position"] = float(stats.chi2.sf(stat, dof)) if dof else 1.0
-    pa, pb = _bit_ones(rows_a) / a.size, _bit_ones(rows_b) / b.size
-    pooled = (pa * a.size + pb * b.size) / (a.size + b.size)
-    var = pooled * (1 - pooled) * (1 / a.size + 1 / b.size)
-    z = np.divide(pa - pb, np.sqrt(var), out=np.zeros(64), where=var > 0)
-    out["bits"] = float(stats.chi2.sf((z**2).sum(), 64))
-    return out
-
-
-class PValues:
-    """Named p-values with a Bonferroni check at ALPHA."""
-
-    def __init__(self) -> None:
-        self.values: list[tuple[str, float]] = []
-
-    def add(self, label: str, pvalues: dict[str, float]) -> None:
-        self.values.extend((f"{label}: {name}", p) for name, p in pvalues.items())
-
-    def worst(self) -> tuple[str, float]:
-        return min(self.values, key=lambda item: item[1])
-
-    def rejects(self) -> bool:
-        return self.worst()[1] < ALPHA / len(self.values)
-
-    def check(self) -> None:
-        assert self.values, "nothing was tested"
-        label, p = self.worst()
-        assert not self.rejects(), f"{label} has p = {p:.3g} < {ALPHA:g} / {len(self.values)} tests"
 
 
 VIEW_KINDS = ["plain", "varied"]
