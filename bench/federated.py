@@ -110,26 +110,15 @@ def run_xgboost(paths: list[str], params: FederatedParams, base: float, test_x: 
     return {"xgboost_s": done - start, "dmatrix_s": built - start, "train_s": done - built, "auc": auc}
 
 
-def run_flower(paths: list[str], params: FederatedParams, out: Path, test_x: np.ndarray, test_y: np.ndarray) -> dict:
-    """The ``--local`` path: Flower simulation of every site and the aggregator."""
-    job = FederatedJob(params, str(out), len(paths), None)
+def run_engine(engine: str, paths: list[str], params: FederatedParams, out: Path, test_x: np.ndarray,
+               test_y: np.ndarray) -> dict:
+    """What ``privboost train federated --local --engine ENGINE`` runs: flower (simulation) or direct (processes)."""
     with PeakMemory() as memory:
         start = time.perf_counter()
-        stats = run_simulation_job(paths, "label", job)
-        seconds = time.perf_counter() - start
-    from privboost.model import TreeEnsemble
-
-    model = TreeEnsemble.load(out)
-    return {"federated_s": seconds, "aggregator_s": stats["seconds"], "rounds": stats["rounds"],
-            "mb_per_site_per_tree": stats["mb_per_site_per_tree"], "peak_rss_gb": memory.peak / 1e9,
-            "auc": roc_auc_score(test_y, model.predict(test_x))}
-
-
-def run_direct(paths: list[str], params: FederatedParams, out: Path, test_x: np.ndarray, test_y: np.ndarray) -> dict:
-    """``--engine direct``: every site its own process over TLS on loopback."""
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        stats = run_direct_job(paths, "label", params, str(out))
+        if engine == "flower":
+            stats = run_simulation_job(paths, "label", FederatedJob(params, str(out), len(paths), None))
+        else:
+            stats = run_direct_job(paths, "label", params, str(out))
         seconds = time.perf_counter() - start
     from privboost.model import TreeEnsemble
 
@@ -180,10 +169,8 @@ def main() -> None:
                   f"{plain['dmatrix_s']:.1f} s + train {plain['train_s']:.1f} s)   AUC {plain['auc']:.4f}", flush=True)
             results = {}
             for engine in args.engines:
-                if engine == "flower":
-                    results[engine] = run_flower(paths, params, sub / "flower.json", test_x, test_y)
-                elif engine == "direct":
-                    results[engine] = run_direct(paths, params, sub / "direct.json", test_x, test_y)
+                if engine in ("flower", "direct"):
+                    results[engine] = run_engine(engine, paths, params, sub / f"{engine}.json", test_x, test_y)
                 else:
                     local = run_inprocess(paths, params, test_x, test_y)
                     results[engine] = {**local, "federated_s": local["protocol_s"]}

@@ -40,9 +40,7 @@ def _train(sites: dict[int, Site], params: FederatedParams, **channel_options):
 
 def _centralised(x: np.ndarray, y: np.ndarray, edges: list[np.ndarray], params: FederatedParams, base: float):
     """xgboost hist on the pooled rows with the federated bin edges (each bin index its own xgboost bin)."""
-    binned = bin_matrix(x, edges, params.max_bin).astype(np.float32)
-    binned[binned == params.max_bin] = np.nan
-    dtrain = xgb.DMatrix(binned, label=y)
+    dtrain = xgb.DMatrix(_binned(x, edges, params.max_bin), label=y)
     booster = xgb.train({"tree_method": "hist", "max_bin": params.max_bin + 1, "max_depth": params.max_depth,
                          "eta": params.learning_rate, "lambda": params.reg_lambda, "gamma": params.gamma,
                          "min_child_weight": params.min_child_weight, "objective": params.objective,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,8 +103,6 @@ class FederatedJob:
 
 def run_aggregator(grid: Grid, job: FederatedJob, progress: Progress | None = None) -> None:
     """Wait for the job's sites, train, and write the model as XGBoost JSON (atomically)."""
-    import time
-
     deadline = time.monotonic() + 300
     nodes = list(grid.get_node_ids())
     while len(nodes) < job.sites:
@@ -159,13 +158,9 @@ def _site_data(path: str, label: str) -> SiteData:
     return _DATA_CACHE[key]
 
 
-def _restore(data: SiteData, path: str, state: dict) -> Site:
-    if "edges" not in state:
-        return Site.from_state(data, state)
-    key = (path, id(data), hashlib.sha256(np.asarray(state["edges"]).tobytes()).hexdigest())
-    site = Site.from_state(data, state, _BINS_CACHE.get(key))
-    _BINS_CACHE[key] = site.bins
-    return site
+def _bins_key(data: SiteData, edges: np.ndarray) -> tuple:
+    """Cache key of a site's bin matrix: its (cached, so stable) table and the bin edges."""
+    return id(data), hashlib.sha256(np.asarray(edges).tobytes()).hexdigest()
 
 
 def _data_path(context: Context, data_paths: list[str] | None) -> str:
@@ -187,10 +182,13 @@ def handle_site_message(message: Message, context: Context, data_paths: list[str
     elif _STATE + ".config" in context.state:
         stored = from_record(RecordDict({"arrays": context.state[_STATE + ".arrays"],
                                          "config": context.state[_STATE + ".config"]}))
-        site = _restore(data, path, stored)
+        bins = _BINS_CACHE.get(_bins_key(data, stored["edges"])) if "edges" in stored else None
+        site = Site.from_state(data, stored, bins)
     else:
         raise FederatedError("this site has no state for the run: it missed key setup")
     reply = site.handle(request)
+    if site.bins is not None:  # binned on this message (first level) or restored: keep it for the next ones
+        _BINS_CACHE.setdefault(_bins_key(data, site.edges), site.bins)
     record = to_record(site.export_state())
     context.state[_STATE + ".arrays"] = record["arrays"]
     context.state[_STATE + ".config"] = record["config"]

@@ -12,7 +12,7 @@ learns is stated in `privboost.federated.aggregator`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -96,6 +96,7 @@ class Site:
     margin: np.ndarray | None = None
     position: np.ndarray | None = None  # heap index (children of i: 2i+1, 2i+2) of each row's node, this tree
     bins: np.ndarray | None = None
+    _gradients: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # of the current margins
 
     # ------------------------------------------------------------------ state between messages
     def export_state(self) -> dict:
@@ -187,6 +188,7 @@ class Site:
             self.max_bin = int(request["max_bin"])
             self.bins = bin_matrix(self.data.values, self.edge_list(), self.max_bin)
             self.margin = np.full(self.data.rows, request["base_margin"], np.float32)  # float32, as XGBoost's
+            self._gradients = None
         if self.bins is None or self.margin is None:
             raise SiteError("level request before the bin edges")
         if "leaf_nodes" in request:  # the previous tree's leaves: add them to this site's margins
@@ -205,6 +207,7 @@ class Site:
         table = np.zeros(int(max(nodes.max(initial=0), self.position.max(initial=0))) + 1, np.float32)
         table[nodes] = np.asarray(request["leaf_values"], np.float32)
         self.margin = (self.margin + table[self.position]).astype(np.float32)
+        self._gradients = None
         self.position = None
 
     def _route(self, request: dict, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,7 +238,9 @@ class Site:
 
     def _histograms(self, slot: np.ndarray, slots: int, with_totals: bool = False) -> np.ndarray:
         # only the root needs node totals: children's totals are the split's left/right sums, as in XGBoost
-        g, h = gradients(self.objective, self.margin, self.data.labels)  # margins change only between trees
+        if self._gradients is None:  # margins change only between trees: once per tree, not per level
+            self._gradients = gradients(self.objective, self.margin, self.data.labels)
+        g, h = self._gradients
         hist = self._encode(build_histograms(self.bins, slot, g, h, slots, self.max_bin).ravel())
         if not with_totals:
             return hist
