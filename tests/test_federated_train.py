@@ -23,7 +23,7 @@ from privboost.datasets import load_nhanes_diabetes
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams
 from privboost.federated.channel import LocalChannel
 from privboost.federated.histograms import bin_matrix
-from privboost.federated.site import Site, SiteData
+from privboost.federated.site import Site, SiteData, SiteError
 
 
 def _sites(x: np.ndarray, y: np.ndarray, sizes: list[float], names: list[str], seed: int = 0) -> dict[int, Site]:
@@ -369,3 +369,9 @@ def test_killed_site_processes(tmp_path, kill):
         with pytest.raises(FederatedError, match="needed to unmask|aborting|too few|threshold"):
             run_direct_job([str(p) for p in paths], "outcome", params, str(out), progress, timeout_s=60)
         assert killed == [True] * 3 and not out.exists()
+
+
+def test_logistic_labels_outside_0_1_are_refused():
+    x, y, names, _ = DATASETS["diabetes"]
+    with pytest.raises(SiteError, match=r"labels in \[0, 1\]"):
+        _train(_sites(x, y, [1, 1], names), FederatedParams(objective="binary:logistic", n_estimators=1))

@@ -155,6 +155,10 @@ class Site:
         self.objective = request["objective"]
         if self.objective not in OBJECTIVES:
             raise SiteError(f"objective {self.objective!r} is not supported")
+        labels = self.data.labels
+        if self.objective == "binary:logistic" and (labels.min() < 0 or labels.max() > 1):
+            raise SiteError(f"binary:logistic needs labels in [0, 1]; this site has labels from {labels.min():g} "
+                            f"to {labels.max():g}")
         config = SecAggConfig(tuple(request["sites"]), int(request["degree"]), int(request["threshold"]),
                               request["graph_seed"])
         self.n_sites = len(config.sites)
