@@ -12,8 +12,16 @@ import pytest
 import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
-from privboost.federated.histograms import bin_matrix, build_histograms, missing_code, node_totals
+from privboost.federated.histograms import (
+    SINGLE_RUN_ROWS,
+    bin_matrix,
+    build_histograms,
+    histograms_to_fixed,
+    missing_code,
+    node_totals,
+)
 from privboost.federated.splits import TreeParams, best_splits, leaf_weights
+from privboost.mpc.ring import encode_fixed
 
 # --------------------------------------------------------------------------------------------------- binning
 
@@ -40,7 +48,7 @@ def test_bin_matrix_matches_searchsorted(n_bins, dtype):
              for _ in range(5)]
     edges[2] = np.append(edges[2][edges[2] < 0.25], np.float32(0.25))
     bins = bin_matrix(values, edges, n_bins)
-    assert bins.dtype == dtype and bins.flags.f_contiguous
+    assert bins.dtype == dtype and bins.flags.c_contiguous
     for f, e in enumerate(edges):
         want = np.minimum(np.searchsorted(e, values[:, f], side="right"), e.size - 1)
         want[np.isnan(values[:, f])] = n_bins
@@ -95,6 +103,40 @@ def test_histograms_equal_numpy_reference_exactly(n_bins, order):
     np.testing.assert_array_equal(totals, want)
     # every counted row lands in exactly one bin per feature (missing included)
     np.testing.assert_allclose(hist.sum(axis=2), np.broadcast_to(totals[:, None], (n_slots, n_features, 2)))
+
+
+@pytest.mark.parametrize("n_slots", [1, 6])
+def test_large_histograms_split_over_threads_match_reference(n_slots):
+    """Above SINGLE_RUN_ROWS rows the kernel splits rows over threads: several slots are cut at slot boundaries
+    (still exact, row order per bin); one slot is cut inside (partial sums added: equal up to rounding)."""
+    rng = np.random.default_rng(n_slots)
+    n, n_features, n_bins = 3 * SINGLE_RUN_ROWS, 5, 256  # 256 bins, no NaN: uint8 codes
+    values = rng.standard_normal((n, n_features)).astype(np.float32)
+    edges = [np.append(np.sort(rng.standard_normal(255)).astype(np.float32), np.inf) for _ in range(n_features)]
+    bins = bin_matrix(values, edges, n_bins)
+    assert bins.dtype == np.uint8 and bins.max() == 255
+    slot = rng.integers(-1, n_slots, n).astype(np.int32)
+    g, h = rng.standard_normal(n), rng.random(n)
+    hist = build_histograms(bins, slot, g, h, n_slots, n_bins)
+    want = _reference_histograms(bins, slot, g, h, n_slots, n_bins)
+    if n_slots > 1:
+        np.testing.assert_array_equal(hist, want)
+    else:
+        np.testing.assert_allclose(hist, want, rtol=1e-12, atol=1e-9)
+
+
+def test_histograms_to_fixed_equal_encode_fixed_and_refuse_overflow():
+    rng = np.random.default_rng(3)
+    padded = rng.standard_normal((3, 4, 13, 2)) * 1e6
+    hist = padded[:, :, :11, :]  # a strided view, as build_histograms returns
+    hist[0, 0, 0] = [-0.0, 2.5 / 2**32]
+    hist[1, 1, 1] = [-2.5 / 2**32, 0.5 / 2**32]
+    np.testing.assert_array_equal(histograms_to_fixed(hist, 32, 2.0**29), encode_fixed(hist, 32))
+    with pytest.raises(ValueError, match="exceeds"):
+        histograms_to_fixed(hist, 32, 1e5)
+    hist[2, 3, 10, 1] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        histograms_to_fixed(hist, 32, 2.0**29)
 
 
 def test_histograms_reject_inconsistent_inputs():
@@ -191,6 +233,151 @@ def test_best_splits_equal_literal_scan(kind, params):
         n_valid += valid
         n_backward += default_left
     assert n_valid > 50 and (n_backward > 10 or kind == "dense")
+
+
+# ------------------------------------------------------- split finding against the former vectorised numpy code
+
+
+def _numpy_gain(grad, hess, lam):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = (grad * grad).astype(np.float32) / (hess + lam).astype(np.float32)
+    return np.where(hess <= 0, np.float32(0), out).astype(np.float32, copy=False)
+
+
+def _numpy_loss_chg(left, right, root_gain, lam):
+    with np.errstate(over="ignore", invalid="ignore"):
+        split_gain = _numpy_gain(left[..., 0], left[..., 1], lam) + _numpy_gain(right[..., 0], right[..., 1], lam)
+        return (split_gain - root_gain).astype(np.float32, copy=False)
+
+
+def _numpy_best_splits(hist, totals, k, params):
+    """best_splits as it was before the numba kernel (vectorised numpy, cumsum scans): the reference oracle."""
+    lam, mcw = float(np.float32(params.reg_lambda)), float(np.float32(params.min_child_weight))
+    gamma = np.float32(params.gamma)
+    n_nodes, _, width, _ = hist.shape
+    n_bins = width - 1
+    in_range = np.arange(n_bins)[None, :] < k[:, None]
+    part = np.where(in_range[None, :, :, None], hist[:, :, :n_bins, :], 0.0)
+    parent = totals[:, None, None, :]
+    root_gain = _numpy_gain(totals[:, 0], totals[:, 1], lam)[:, None, None]
+    fwd_left = np.cumsum(part, axis=2)
+    fwd_right = parent - fwd_left
+    fwd_ok = in_range[None] & (fwd_left[..., 1] >= mcw) & (fwd_right[..., 1] >= mcw)
+    fwd_chg = np.where(fwd_ok, _numpy_loss_chg(fwd_left, fwd_right, root_gain, lam), -np.inf)
+    non_missing = fwd_left[:, :, -1, :]
+    has_missing = (non_missing[..., 0] != totals[:, None, 0]) | (non_missing[..., 1] != totals[:, None, 1])
+    bwd_acc = np.cumsum(part[:, :, ::-1, :], axis=2)[:, :, ::-1, :]
+    bwd_left = parent - bwd_acc
+    bwd_ok = in_range[None] & has_missing[:, :, None] & (bwd_acc[..., 1] >= mcw) & (bwd_left[..., 1] >= mcw)
+    bwd_chg = np.where(bwd_ok, _numpy_loss_chg(bwd_left, bwd_acc, root_gain, lam), -np.inf)
+    fwd_chg = np.where(np.isfinite(fwd_chg), fwd_chg, -np.inf)
+    bwd_chg = np.where(np.isfinite(bwd_chg), bwd_chg, -np.inf)
+    fwd_i = np.argmax(fwd_chg, axis=2)
+    fwd_best = np.take_along_axis(fwd_chg, fwd_i[..., None], axis=2)[..., 0]
+    bwd_i = n_bins - 1 - np.argmax(bwd_chg[:, :, ::-1], axis=2)
+    bwd_best = np.take_along_axis(bwd_chg, bwd_i[..., None], axis=2)[..., 0]
+    fwd_best = np.where(fwd_best > 0, fwd_best, 0).astype(np.float32)
+    use_bwd = bwd_best > fwd_best
+    feat_best = np.where(use_bwd, bwd_best, fwd_best).astype(np.float32)
+    nodes = np.arange(n_nodes)
+    f_best = np.argmax(feat_best, axis=1)
+    loss_chg = feat_best[nodes, f_best]
+    found = loss_chg > 0
+    backward = use_bwd[nodes, f_best] & found
+    i_fwd, i_bwd = fwd_i[nodes, f_best], bwd_i[nodes, f_best]
+    left = np.where(backward[:, None], bwd_left[nodes, f_best, i_bwd], fwd_left[nodes, f_best, i_fwd])
+    right = np.where(backward[:, None], bwd_acc[nodes, f_best, i_bwd], fwd_right[nodes, f_best, i_fwd])
+    left = np.where(found[:, None], left, 0.0)
+    right = np.where(found[:, None], right, 0.0)
+    split_bin = np.where(backward, i_bwd - 1, i_fwd)
+    valid = found & (loss_chg > np.float32(1e-6)) & (left[:, 1] != 0) & (right[:, 1] != 0) & ~(loss_chg < gamma)
+    return dict(loss_chg=np.where(found, loss_chg, np.float32(0)).astype(np.float32),
+                feature=np.where(found, f_best, -1).astype(np.int64),
+                bin=np.where(found, split_bin, 0).astype(np.int64),
+                default_left=backward, left=left, right=right, valid=valid)
+
+
+def _random_histograms(rng, n_nodes, n_features, n_bins):
+    """Histograms with ties, zero/-0.0/negative entries, missing mass (or exact sums), extreme scales."""
+    k = rng.integers(1, n_bins + 1, n_features)
+    k[rng.random(n_features) < 0.3] = n_bins
+    kind = rng.integers(0, 4)
+    shape = (n_nodes, n_features, n_bins + 1)
+    if kind == 0:  # small integers: exact sums, has_missing decided exactly, many tied gains
+        g, h = rng.integers(-3, 4, shape).astype(np.float64), rng.integers(0, 4, shape).astype(np.float64)
+    else:
+        g, h = rng.standard_normal(shape), rng.random(shape) * rng.integers(1, 20, shape)
+        scale = [1.0, 10.0 ** rng.integers(-160, -20), 10.0 ** rng.integers(15, 160)][kind - 1]
+        g, h = g * scale, h * scale
+    h[rng.random(shape) < 0.2] = 0.0  # zero-hessian bins
+    h[rng.random(shape) < 0.02] *= -1  # e.g. a sibling derived as parent - built, rounded below 0
+    g[rng.random(shape) < 0.1] = -0.0
+    h[rng.random(shape) < 0.05] = -0.0
+    if rng.random() < 0.05:  # non-finite values
+        g[rng.random(shape) < 0.01], h[rng.random(shape) < 0.01] = np.inf, np.nan
+    hist = np.stack([g, h], -1)
+    for _ in range(rng.integers(0, 4)):  # repeated identical bins and features
+        i = rng.integers(0, n_bins)
+        hist[:, :, i + 1:i + rng.integers(2, 4)] = hist[:, :, i:i + 1]
+        if n_features > 1:
+            f = rng.integers(0, n_features - 1)
+            hist[:, f + 1] = hist[:, f]
+            k[f + 1] = k[f]
+    if rng.random() < 0.3:  # missing values unlike the rest: more backward (default left) splits
+        hist[:, :, n_bins, 0] *= 20
+    missing = rng.random((n_nodes, n_features)) < rng.choice([0.0, 0.5, 1.0])
+    hist[:, :, n_bins] = np.where(missing[..., None], hist[:, :, n_bins], 0.0)
+    # node sums: feature 0's bins in bin order with its missing bin (so features like it have no missing values),
+    # or an arbitrary total
+    f0 = np.where(np.arange(n_bins + 1)[:, None] < k[0], hist[:, 0], 0.0)
+    totals = np.cumsum(f0, axis=1)[:, -1] + hist[:, 0, n_bins]
+    if rng.random() < 0.2:
+        with np.errstate(invalid="ignore"):
+            totals = totals + rng.standard_normal(totals.shape) * np.abs(totals)
+    return hist, totals, k
+
+
+@pytest.mark.parametrize("params", [TreeParams(), TreeParams(reg_lambda=0.0, min_child_weight=0.0),
+                                    TreeParams(reg_lambda=0.5, gamma=0.3, min_child_weight=2.5),
+                                    TreeParams(reg_lambda=50.0, gamma=1e-3, min_child_weight=0.1),
+                                    TreeParams(reg_lambda=1e-30, gamma=5.0, min_child_weight=1e-30)])
+def test_best_splits_equal_numpy_reference_bit_for_bit(params):
+    rng = np.random.default_rng(int(params.reg_lambda * 1000 + params.min_child_weight * 10))
+    seen = {"found": 0, "none": 0, "valid": 0, "default_left": 0, "negative_zero": 0}
+    shapes = [(int(rng.integers(1, 9)), int(rng.integers(1, 13)), int(rng.integers(2, 41))) for _ in range(400)]
+    for shape in [(0, 3, 5), (3, 20, 256)] + shapes:
+        hist, totals, k = _random_histograms(rng, *shape)
+        got = best_splits(hist, totals, k, params)
+        with np.errstate(invalid="ignore"):
+            want = _numpy_best_splits(hist, totals, k, params)
+        for name, ref in want.items():
+            out = getattr(got, name)
+            assert out.dtype == ref.dtype and out.shape == ref.shape, name
+            # bit patterns, so -0.0 vs 0.0 and NaN payloads count too
+            assert np.array_equal(np.ascontiguousarray(out).view(np.uint8), ref.view(np.uint8)), (name, shape)
+        found = got.feature >= 0
+        seen["found"] += found.sum()
+        seen["none"] += (~found).sum()
+        seen["valid"] += got.valid.sum()
+        seen["default_left"] += got.default_left.sum()
+        sums = np.concatenate([got.left, got.right])
+        seen["negative_zero"] += (np.signbit(sums) & (sums == 0)).sum()
+    assert all(v > 0 for v in seen.values()), seen
+
+
+def test_backward_split_before_the_first_bin():
+    # missing-vs-rest is forward at bin K-1 or backward at bin -1: the backward one wins only by rounding. Here the
+    # forward hessian sum 0.7 + 0.2 + 0.1 = 0.9999999999999999 fails min_child_weight = 1, the backward
+    # 0.1 + 0.2 + 0.7 = 1.0 passes: bin -1, every non-missing value right, missing values left
+    hist = np.zeros((1, 2, 4, 2))
+    hist[0, :, :3] = [[1.0, 0.7], [1.0, 0.2], [1.0, 0.1]]
+    totals = np.array([[-5.0, 3.0]])  # missing: (-8, 2)
+    for k in (np.array([3, 3]), np.array([3, 2])):  # feature 1 with K < B as well
+        splits = best_splits(hist, totals, k, TreeParams())
+        assert (splits.feature[0], splits.bin[0], splits.default_left[0], splits.valid[0]) == (0, -1, True, True)
+        want = _numpy_best_splits(hist, totals, k, TreeParams())
+        for name, ref in want.items():
+            assert np.array_equal(np.ascontiguousarray(getattr(splits, name)).view(np.uint8), ref.view(np.uint8))
 
 
 def test_split_needs_more_than_rt_eps_and_gamma():

@@ -307,11 +307,14 @@ def test_cli_refuses_bad_input_without_writing(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ direct engine
-def _kill_site_process(path) -> bool:
+def _kill_site_process(path, index) -> bool:
+    """SIGKILL site ``index`` of the direct engine whose launcher was given ``path``: a forked child named
+    ``privboost-s<index>`` whose parent's command line holds the path."""
     import os
     import signal
     from pathlib import Path
 
+    launchers = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -319,6 +322,15 @@ def _kill_site_process(path) -> bool:
             except OSError:
                 continue
             if b"privboost.federated.direct" in cmdline and str(path).encode() in cmdline:
+                launchers.add(entry.name)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+                parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except OSError:
+                continue
+            if comm == f"privboost-s{index}" and parent in launchers:
                 os.kill(int(entry.name), signal.SIGKILL)
                 return True
     return False
@@ -358,7 +370,7 @@ def test_killed_site_processes(tmp_path, kill):
 
     def progress(event):
         if event["tree"] == 2 and event["level"] == 0 and not killed:
-            killed.extend(_kill_site_process(p) for p in paths[-kill:])
+            killed.extend(_kill_site_process(p, len(paths) - kill + i) for i, p in enumerate(paths[-kill:]))
 
     params = FederatedParams(n_estimators=4, max_depth=3, max_bin=16)
     if kill == 1:
@@ -375,3 +387,15 @@ def test_logistic_labels_outside_0_1_are_refused():
     x, y, names, _ = DATASETS["diabetes"]
     with pytest.raises(SiteError, match=r"labels in \[0, 1\]"):
         _train(_sites(x, y, [1, 1], names), FederatedParams(objective="binary:logistic", n_estimators=1))
+
+
+def test_direct_engine_fails_fast_with_the_sites_own_message(tmp_path):
+    """A site process that cannot start (its file has no such label) stops the job at once, in its own words."""
+    from privboost.federated.direct import run_direct_job
+
+    x, y, names, _ = DATASETS["breast_cancer"]
+    paths = _write_sites(tmp_path, x, y, names, [1, 1])
+    out = tmp_path / "model.json"
+    with pytest.raises(FederatedError, match=r"stopped before connecting \(site0 said: .*no label column 'nope'"):
+        run_direct_job([str(p) for p in paths], "nope", FederatedParams(n_estimators=1), str(out), timeout_s=60)
+    assert not out.exists()

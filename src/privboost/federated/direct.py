@@ -19,6 +19,7 @@ import argparse
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
+from privboost.federated.histograms import warm_up
 from privboost.federated.messages import flatten, payload_bytes, unflatten
 from privboost.federated.site import Site, load_site_data
 from privboost.mpc.transport import (
@@ -148,26 +150,34 @@ def serve_site(path: str, label: str, host: str, port: int, certs: CertPaths, ti
 
 def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, out: str,
                    progress: Progress | None = None, timeout_s: float = 600.0) -> dict:
-    """Every site as its own process on loopback over TLS, the aggregator here; writes the model to ``out``."""
+    """Every site as its own process on loopback over TLS, the aggregator here; writes the model to ``out``.
+
+    One launcher process imports the site code and loads its compiled kernels once, then forks one process per
+    site (`launch_sites`): each site is still a separate process with its own TLS connection, but ten or a hundred
+    of them do not each pay ~2 s of imports and kernel loading on a machine with two cores.
+    """
     names = [f"site{i}" for i in range(len(data_paths))]
-    procs: list[subprocess.Popen] = []
-    # sites on one machine share its cores: give each a fair share of threads instead of oversubscribing them
+    # sites on one machine share its cores: give each a fair share of threads instead of oversubscribing them;
+    # numba's workqueue threading layer is the one that survives fork (GNU OpenMP refuses it)
     threads = max(1, (os.cpu_count() or 1) // len(names))
-    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+           "NUMBA_THREADING_LAYER": "workqueue", "PYTHONUNBUFFERED": "1"}
+    launcher: subprocess.Popen | None = None
     with tempfile.TemporaryDirectory(prefix="privboost-federated-") as tmp:
+        logs = Path(tmp)
         certs = make_certificates(tmp, [AGGREGATOR, *names])
         listener = TlsListener("127.0.0.1", 0, certs[AGGREGATOR])
         sites: DirectSites | None = None
         try:
-            for name, path in zip(names, data_paths, strict=True):
-                paths = certs[name]
-                with open(Path(tmp) / f"{name}.log", "wb") as log:  # a file, so a chatty site never blocks on a pipe
-                    procs.append(subprocess.Popen(  # noqa: S603 - our own module, arguments we built
-                        [sys.executable, "-m", "privboost.federated.direct", "--data", path, "--label", label,
-                         "--port", str(listener.port), "--cert", str(paths.cert), "--key", str(paths.key),
-                         "--ca", str(paths.ca), "--timeout", str(timeout_s)],
-                        stdout=subprocess.DEVNULL, stderr=log, env=env))
-            channels = _accept_sites(listener, names, procs, timeout_s)
+            command = [sys.executable, "-m", "privboost.federated.direct", "--label", label,
+                       "--port", str(listener.port), "--ca", str(certs[AGGREGATOR].ca), "--logs", tmp,
+                       "--timeout", str(timeout_s)]
+            for i, (name, path) in enumerate(zip(names, data_paths, strict=True)):
+                command += ["--site", str(i), path, str(certs[name].cert), str(certs[name].key)]
+            with open(logs / "launcher.log", "wb") as log:  # a file, so a chatty process never blocks on a pipe
+                launcher = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env,  # noqa: S603
+                                            start_new_session=True)  # its own process group: one kill stops all
+            channels = _accept_sites(listener, names, launcher, logs, timeout_s)
             sites = DirectSites(channels)
             start = time.perf_counter()
 
@@ -178,24 +188,25 @@ def run_direct_job(data_paths: list[str], label: str, params: FederatedParams, o
             result = FederatedAggregator(sites, params, report).train()
             result.model.save(out)
             sites.stop()
-            for proc in procs:
-                proc.wait(timeout=30)
+            launcher.wait(timeout=30)
             return {"seconds": time.perf_counter() - start, "rounds": result.rounds, "alive": len(result.alive),
                     "sites": len(names), "bytes_from_sites": sites.bytes_received,
                     "mb_per_site_per_tree": sites.bytes_received / 1e6 / len(names) / params.n_estimators}
         except TransportError as exc:
-            raise FederatedError(f"site connection failed: {exc}{_first_error(procs, Path(tmp))}") from exc
+            raise FederatedError(f"site connection failed: {exc}{_first_error(logs)}") from exc
         except FederatedError as exc:
-            raise FederatedError(f"{exc}{_first_error(procs, Path(tmp))}") from exc
+            raise FederatedError(f"{exc}{_first_error(logs)}") from exc
         finally:
             listener.close()
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            if launcher is not None:
+                try:
+                    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and every site it forked
+                except ProcessLookupError:
+                    pass
+                launcher.wait()
 
 
-def _accept_sites(listener: TlsListener, names: list[str], procs: list[subprocess.Popen],
+def _accept_sites(listener: TlsListener, names: list[str], launcher: subprocess.Popen, logs: Path,
                   timeout_s: float) -> dict[int, Channel]:
     """Every site's connection; fails at once, with the site's own message, if a site process exits first."""
     channels: dict[int, Channel] = {}
@@ -205,7 +216,8 @@ def _accept_sites(listener: TlsListener, names: list[str], procs: list[subproces
             channel = listener.accept(set(names) - {f"site{i}" for i in channels}, send_first=True,
                                       timeout_s=min(1.0, timeout_s))
         except TransportTimeout:
-            if any(proc.poll() is not None for proc in procs):
+            exited = [i for i in range(len(names)) if i not in channels and (logs / f"site{i}.exit").exists()]
+            if exited or launcher.poll() is not None:
                 raise FederatedError("a site stopped before connecting") from None  # the caller adds its words
             if time.monotonic() > deadline:
                 raise
@@ -215,37 +227,76 @@ def _accept_sites(listener: TlsListener, names: list[str], procs: list[subproces
     return channels
 
 
-def _first_error(procs: list[subprocess.Popen], logs: Path) -> str:
-    for i, proc in enumerate(procs):
-        log = logs / f"site{i}.log"
-        if proc.poll() is not None and proc.returncode != 0 and log.is_file():
+def _first_error(logs: Path) -> str:
+    for log in [*sorted(logs.glob("site*.log"), key=lambda p: int(p.stem[4:])), logs / "launcher.log"]:
+        if log.is_file():
             lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
             if lines:
-                return f" (site{i} said: {lines[-1]})"
+                return f" ({log.stem} said: {lines[-1]})"
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a site process (started by `run_direct_job`)."""
-    ap = argparse.ArgumentParser(prog="python -m privboost.federated.direct", description="one federated site")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--label", required=True)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--cert", required=True)
-    ap.add_argument("--key", required=True)
-    ap.add_argument("--ca", required=True)
-    ap.add_argument("--timeout", type=float, default=600.0)
-    args = ap.parse_args(argv)
+def launch_sites(sites: list[tuple[int, str, CertPaths]], label: str, host: str, port: int, timeout_s: float,
+                 logs: Path) -> int:
+    """Fork one process per (index, data path, certificates) site and wait for all; returns 0 if all succeeded.
+
+    Each child names itself ``privboost-s<index>`` (``/proc/<pid>/comm``), writes errors to
+    ``logs/site<index>.log`` and, when it ends, its exit code to ``logs/site<index>.exit``.
+    """
+    warm_up()  # compiled kernels loaded once here, inherited by every fork
+    children: dict[int, int] = {}
+    for index, path, certs in sites:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which leaves through os._exit
+            code = _run_forked_site(index, path, label, host, port, certs, timeout_s, logs)
+            os._exit(code)
+        children[pid] = index
+    failed = False
+    while children:
+        pid, status = os.wait()
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        (logs / f"site{index}.exit").write_text(str(code))
+        failed |= code != 0
+    return 1 if failed else 0
+
+
+def _run_forked_site(index: int, path: str, label: str, host: str, port: int, certs: CertPaths, timeout_s: float,
+                     logs: Path) -> int:  # pragma: no cover - runs in a forked child
     try:
-        serve_site(args.data, args.label, args.host, args.port,
-                   CertPaths(Path(args.cert), Path(args.key), Path(args.ca)), args.timeout)
+        Path("/proc/self/comm").write_text(f"privboost-s{index}"[:15])
+    except OSError:
+        pass
+    with open(logs / f"site{index}.log", "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 2)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    try:
+        serve_site(path, label, host, port, certs, timeout_s)
     except Exception as exc:  # the aggregator has the reason through the abort frame; say it here too
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the site launcher process (started by `run_direct_job`)."""
+    ap = argparse.ArgumentParser(prog="python -m privboost.federated.direct", description="federated sites")
+    ap.add_argument("--site", nargs=4, action="append", required=True, metavar=("INDEX", "DATA", "CERT", "KEY"))
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--ca", required=True)
+    ap.add_argument("--logs", required=True)
+    ap.add_argument("--timeout", type=float, default=600.0)
+    args = ap.parse_args(argv)
+    sites = [(int(index), data, CertPaths(Path(cert), Path(key), Path(args.ca)))
+             for index, data, cert, key in args.site]
+    return launch_sites(sites, args.label, args.host, args.port, args.timeout, Path(args.logs))
+
+
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

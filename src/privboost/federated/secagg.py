@@ -74,7 +74,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privboost.crypto import shamir
-from privboost.mpc.prg import SEED_BYTES, Prg
+from privboost.mpc.prg import SEED_BYTES, Prg, add_streams_into
 
 GRAPH_SEED_BYTES = 32
 SETUP_ROUND = -1  # round tag of the secrets committed during key setup (used by the first round)
@@ -494,10 +494,8 @@ class SecAggSite:
             raise SecAggError(f"sites {sorted(alive - self._alive)} are not alive any more and cannot rejoin")
         b, seeds = self._own
         masked = vector.astype(np.uint64, copy=True)
-        Prg(b).add_into(masked)
-        for v in self._neighbours:
-            if v in alive:
-                Prg(seeds[v]).add_into(masked, subtract=self.site_id > v)
+        streams = [(Prg(b), False)] + [(Prg(seeds[v]), self.site_id > v) for v in self._neighbours if v in alive]
+        add_streams_into(masked, streams)
         previous = self._tag
         packets = self._commit(round_id, alive)
         for tag in [tag for tag in self._held if tag not in (previous, round_id)]:
@@ -699,11 +697,11 @@ class SecAggAggregator:
         total = np.zeros(shape, dtype=np.uint64)
         for y in masked.values():
             np.add(total, y, out=total)
-        for u in sorted(survivors):
-            Prg(self_masks[u][0]).add_into(total, subtract=True)
+        streams = [(Prg(self_masks[u][0]), True) for u in sorted(survivors)]
         for u in sorted(pair_seeds):
             flat = b"".join(pair_seeds[u])
             for i, v in enumerate(self.config.neighbours(u)):
                 if v in survivors:  # y_v holds +PRG(p_uv) if v < u else -PRG(p_uv)
-                    Prg(flat[i * SEED_BYTES:(i + 1) * SEED_BYTES]).add_into(total, subtract=v < u)
+                    streams.append((Prg(flat[i * SEED_BYTES:(i + 1) * SEED_BYTES]), v < u))
+        add_streams_into(total, streams)
         return total

@@ -18,7 +18,13 @@ import numpy as np
 
 from privboost.data import DataError, feature_matrix, read_table
 from privboost.federated import sketch
-from privboost.federated.histograms import bin_matrix, build_histograms, node_totals
+from privboost.federated.histograms import (
+    bin_matrix,
+    build_histograms,
+    histograms_to_fixed,
+    node_totals,
+    route_rows,
+)
 from privboost.federated.secagg import SecAggConfig, SecAggSite
 from privboost.mpc.ring import SAFE_MAGNITUDE_BITS, encode_fixed
 
@@ -165,12 +171,17 @@ class Site:
         self.secagg = SecAggSite(int(request["site"]), config)
         return {"keys": self.secagg.advertise(), "features": "\x1f".join(self.data.feature_names)}
 
-    def _encode(self, values: np.ndarray) -> np.ndarray:
+    def _limit(self) -> float:
         # every site's contribution must leave room for the sum over all sites below 2^62
-        limit = 2.0 ** (SAFE_MAGNITUDE_BITS - self.frac_bits) / self.n_sites
-        if values.size and float(np.max(np.abs(values))) >= limit:
-            raise SiteError(f"a histogram sum exceeds {limit:.3g}, too large for {self.frac_bits} fractional bits; "
-                            "rescale the label or lower frac_bits")
+        return 2.0 ** (SAFE_MAGNITUDE_BITS - self.frac_bits) / self.n_sites
+
+    def _too_large(self) -> SiteError:
+        return SiteError(f"a histogram sum exceeds {self._limit():.3g}, too large for {self.frac_bits} fractional "
+                         "bits; rescale the label or lower frac_bits")
+
+    def _encode(self, values: np.ndarray) -> np.ndarray:
+        if values.size and not float(np.max(np.abs(values))) < self._limit():
+            raise self._too_large()
         return encode_fixed(values, self.frac_bits)
 
     def _compute(self, request: dict) -> np.ndarray:
@@ -214,30 +225,16 @@ class Site:
         self._gradients = None
         self.position = None
 
-    def _route(self, request: dict, prefix: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move rows of split nodes to their children; returns (rows moved, their split index, went left)."""
-        position = self.position
-        split_nodes = np.asarray(request[prefix + "split_nodes"], np.int64)
-        features = np.asarray(request[prefix + "split_features"], np.int64)
-        bins = np.asarray(request[prefix + "split_bins"], np.int64)
-        default_left = np.asarray(request[prefix + "default_left"], bool)
-        lookup = np.full(int(max(position.max(initial=0), split_nodes.max(initial=0))) + 1, -1, np.int64)
-        lookup[split_nodes] = np.arange(split_nodes.size)
-        which = lookup[position]  # index of the split applying to each row's node, -1 if its node is a leaf
-        rows = np.flatnonzero(which >= 0)
-        k = which[rows]
-        value = self.bins[rows, features[k]].astype(np.int64)
-        goes_left = np.where(value == self.max_bin, default_left[k], value <= bins[k])
-        position[rows] = 2 * position[rows] + np.where(goes_left, 1, 2)
-        return rows, k, goes_left
+    def _route(self, request: dict, prefix: str = "", build_left: np.ndarray | None = None) -> np.ndarray | None:
+        """Move rows of split nodes to their children; with ``build_left``, the slot vector of the built children."""
+        return route_rows(self.position, self.bins, request[prefix + "split_nodes"],
+                          request[prefix + "split_features"], request[prefix + "split_bins"],
+                          request[prefix + "default_left"], self.max_bin, build_left)
 
     def _route_and_build(self, request: dict) -> np.ndarray:
         if self.position is None:
             raise SiteError("level request without a tree in progress")
-        rows, k, goes_left = self._route(request)
-        child_is_built = goes_left == np.asarray(request["build_left"], bool)[k]
-        slot = np.full(self.data.rows, -1, np.int32)
-        slot[rows[child_is_built]] = k[child_is_built].astype(np.int32)
+        slot = self._route(request, build_left=np.asarray(request["build_left"], bool))
         return self._histograms(slot, len(request["split_nodes"]))
 
     def _histograms(self, slot: np.ndarray, slots: int, with_totals: bool = False) -> np.ndarray:
@@ -245,7 +242,11 @@ class Site:
         if self._gradients is None:  # margins change only between trees: once per tree, not per level
             self._gradients = gradients(self.objective, self.margin, self.data.labels)
         g, h = self._gradients
-        hist = self._encode(build_histograms(self.bins, slot, g, h, slots, self.max_bin).ravel())
+        try:
+            hist = histograms_to_fixed(build_histograms(self.bins, slot, g, h, slots, self.max_bin), self.frac_bits,
+                                       self._limit()).ravel()
+        except ValueError:
+            raise self._too_large() from None
         if not with_totals:
             return hist
         return np.concatenate([hist, self._encode(node_totals(slot, g, h, slots).ravel())])

@@ -16,6 +16,9 @@ from privboost.mpc.ring import DTYPE
 SEED_BYTES = 32
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
+#: bytes of key stream per step when streaming into an existing array: the scratch buffer and the slice of the
+#: target it is added to both stay in L2 (1 MiB steps measured 25% slower here)
+_STREAM_CHUNK = 1 << 18
 
 
 def new_seed() -> bytes:
@@ -47,24 +50,8 @@ class Prg:
         return buffer[:count].reshape(shape)
 
     def add_into(self, out: np.ndarray, subtract: bool = False) -> None:
-        """``out += words`` (or ``-=``) mod 2^64 in place, for a contiguous uint64 ``out``, drawing ``out.size`` words.
-
-        Streams the key through one small reused buffer: no array of the stream's size is ever allocated, which
-        for masks of millions of words saves the page faults of fresh memory and keeps the buffer in cache.
-        """
-        flat = out.reshape(-1)
-        if flat.dtype != DTYPE or not flat.flags.c_contiguous:
-            raise ValueError("add_into needs a contiguous uint64 array")
-        self.words_drawn += flat.size
-        per_chunk = _CHUNK // 8
-        scratch = bytearray(_CHUNK + 15)
-        view = memoryview(scratch)
-        stream = np.frombuffer(scratch, dtype=DTYPE, count=per_chunk)
-        combine = np.subtract if subtract else np.add
-        for start in range(0, flat.size, per_chunk):
-            count = min(per_chunk, flat.size - start)
-            self._encryptor.update_into(_ZEROS[:8 * count] if count < per_chunk else _ZEROS, view[:8 * count + 15])
-            combine(flat[start:start + count], stream[:count], out=flat[start:start + count])
+        """``out += words`` (or ``-=``) mod 2^64 in place for a contiguous uint64 ``out``; draws ``out.size`` words."""
+        add_streams_into(out, [(self, subtract)])
 
     def bits(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform 0/1 uint64 array of ``shape`` (one bit drawn per element, 64 elements per word drawn)."""
@@ -76,3 +63,30 @@ class Prg:
     def permutation(self, size: int) -> np.ndarray:
         """A uniformly random permutation of range(size) as int64 indices (argsort of 64-bit random keys)."""
         return np.argsort(self.words(size), kind="stable").astype(np.int64)
+
+
+def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]]) -> None:
+    """``out += ±words`` of every (prg, subtract) stream, mod 2^64 in place, for a contiguous uint64 ``out``.
+
+    Each prg draws ``out.size`` words, exactly as a separate ``prg.add_into(out, subtract)`` would. The loop runs
+    over slices of ``out`` and, inside, over the streams, through one small reused buffer: no array of a stream's
+    size is allocated (page faults of fresh memory cost more than the AES) and each slice of ``out`` is read and
+    written once from memory rather than once per stream.
+    """
+    flat = out.reshape(-1)
+    if flat.dtype != DTYPE or not flat.flags.c_contiguous:
+        raise ValueError("add_streams_into needs a contiguous uint64 array")
+    for prg, _ in streams:
+        prg.words_drawn += flat.size
+    per_chunk = _STREAM_CHUNK // 8
+    scratch = bytearray(_STREAM_CHUNK + 15)  # update_into needs 15 spare bytes
+    view = memoryview(scratch)
+    stream = np.frombuffer(scratch, dtype=DTYPE, count=per_chunk)
+    zeros = _ZEROS[:_STREAM_CHUNK]
+    for start in range(0, flat.size, per_chunk):
+        count = min(per_chunk, flat.size - start)
+        target = flat[start:start + count]
+        source = zeros if count == per_chunk else _ZEROS[:8 * count]
+        for prg, subtract in streams:
+            prg._encryptor.update_into(source, view[:8 * count + 15])
+            (np.subtract if subtract else np.add)(target, stream[:count], out=target)
