@@ -15,8 +15,8 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 from privboost.federated.histograms import (
     SINGLE_RUN_ROWS,
     bin_matrix,
+    build_fixed_histograms,
     build_histograms,
-    histograms_to_fixed,
     missing_code,
     node_totals,
 )
@@ -125,18 +125,21 @@ def test_large_histograms_split_over_threads_match_reference(n_slots):
         np.testing.assert_allclose(hist, want, rtol=1e-12, atol=1e-9)
 
 
-def test_histograms_to_fixed_equal_encode_fixed_and_refuse_overflow():
-    rng = np.random.default_rng(3)
-    padded = rng.standard_normal((3, 4, 13, 2)) * 1e6
-    hist = padded[:, :, :11, :]  # a strided view, as build_histograms returns
-    hist[0, 0, 0] = [-0.0, 2.5 / 2**32]
-    hist[1, 1, 1] = [-2.5 / 2**32, 0.5 / 2**32]
-    np.testing.assert_array_equal(histograms_to_fixed(hist, 32, 2.0**29), encode_fixed(hist, 32))
+@pytest.mark.parametrize("n_slots", [1, 4])
+def test_fixed_histograms_equal_encode_fixed_of_float_histograms_and_refuse_overflow(n_slots):
+    rng = np.random.default_rng(n_slots)
+    n, n_features, n_bins = 5000, 4, 20
+    bins = rng.integers(0, n_bins + 1, (n, n_features)).astype(np.uint8)
+    slot = rng.integers(-1, n_slots, n).astype(np.int32)
+    g, h = rng.standard_normal(n) * 1e3, rng.random(n)
+    g[:7] = [2.5 / 2**32, -2.5 / 2**32, 0.5 / 2**32, -0.0, 1e-300, -1e-300, 0.0]  # ties round to even, as rint
+    want = encode_fixed(build_histograms(bins, slot, g, h, n_slots, n_bins), 32)
+    np.testing.assert_array_equal(build_fixed_histograms(bins, slot, g, h, n_slots, n_bins, 32, 2.0**29), want)
     with pytest.raises(ValueError, match="exceeds"):
-        histograms_to_fixed(hist, 32, 1e5)
-    hist[2, 3, 10, 1] = np.nan
+        build_fixed_histograms(bins, slot, g, h, n_slots, n_bins, 32, 10.0)
+    g[10], slot[10] = np.nan, 0  # a counted row
     with pytest.raises(ValueError, match="not finite"):
-        histograms_to_fixed(hist, 32, 2.0**29)
+        build_fixed_histograms(bins, slot, g, h, n_slots, n_bins, 32, 2.0**29)
 
 
 def test_histograms_reject_inconsistent_inputs():

@@ -3,7 +3,9 @@
 The same `Site` and `FederatedAggregator` as on Flower, carried over `privboost.mpc.transport` (framed messages,
 mutual TLS authentication by certificate common name: ``aggregator``, ``site0``, ``site1``, ...; timeouts; aborts
 that carry their reason). A message is one JSON header (the non-array values; bytes base64-encoded) followed by one
-array frame per array. Requests go to every site before any reply is read, so the sites compute in parallel.
+array frame per array. Requests go to every site before any reply is read, so the sites compute in parallel. The site
+processes are forked by one launcher that has loaded the site code and its compiled kernels: starting a hundred
+sites costs one import, not a hundred.
 
 Why it exists beside Flower: Flower's runtime delivers messages by polling, about 0.6 s per exchange in its
 simulation here, and federated boosting needs two exchanges per tree level (secure aggregation's masked input and

@@ -12,7 +12,7 @@ float64 in row order, as xgboost accumulates its ``GradientPairPrecise`` histogr
 single-site histogram is bit-for-bit xgboost's single-threaded one, except a one-node histogram of
 ``SINGLE_RUN_ROWS`` counted rows or more: it is summed by threads over runs of rows and the runs added (as
 xgboost's multi-threaded builder does), which changes only rounding in the last bits of the float64 sums. Secure
-summation across sites happens elsewhere; `histograms_to_fixed` gives its fixed-point input.
+summation across sites happens elsewhere; `build_fixed_histograms` gives its fixed-point input.
 
 Speed: `bin_matrix` returns a row-major matrix and `build_histograms` reads a counted row's F bins as one
 contiguous run (xgboost's row-wise builder does the same). Measured on 1M x 100 over 10 sites, a thread-per-feature
@@ -145,66 +145,95 @@ def _rows_by_slot(slot, n_slots):  # pragma: no cover - compiled
     return rows, starts
 
 
+@njit(cache=True, boundscheck=False)
+def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf):  # pragma: no cover - compiled
+    # rows[lo:hi] into one (F, width, 2) histogram; a row's F bins are one contiguous read (row-major bins)
+    bad = False
+    for j in range(lo, hi):
+        r = rows[j]
+        gj = g[r]
+        hj = h[r]
+        for f in range(bins.shape[1]):
+            b = bins[r, f]
+            if b > n_bins:
+                bad = True
+                continue
+            buf[f, b, 0] += gj
+            buf[f, b, 1] += hj
+    return bad
+
+
+@njit(cache=True, boundscheck=False)
+def _emit(buf, s, width, scale, limit, out_float, out_fixed):  # pragma: no cover - compiled
+    # one slot's finished histogram to the result: float64 as is, or fixed point round(x * scale) mod 2^64
+    bad = False
+    for f in range(buf.shape[0]):
+        for b in range(width):
+            for k in range(2):
+                x = buf[f, b, k]
+                if out_fixed.size:
+                    scaled = np.rint(x * scale)
+                    if not abs(scaled) < limit:  # also catches NaN
+                        bad = True
+                        scaled = 0.0
+                    out_fixed[s, f, b, k] = np.uint64(np.int64(scaled))
+                else:
+                    out_float[s, f, b, k] = x
+    return bad
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
-def _hist_by_rows(bins, rows, slot, g, h, n_bins, bounds, private_runs, out):  # pragma: no cover - compiled
-    # row-major bins: a row's F bins are one contiguous read, where a column-major gather would touch F cache
-    # lines. ``rows`` come grouped by slot (ascending within a slot), so the histogram being written is one
-    # slot's (F x bins) at a time and stays in cache. Thread c takes rows[bounds[c]:bounds[c+1]]. Cut at slot
-    # boundaries, runs write disjoint slots of ``out`` and every bin sums its rows in row order; with
-    # ``private_runs`` (one slot cut inside), runs after the first sum into private histograms added afterwards.
+def _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float,
+                 out_fixed):  # pragma: no cover - compiled
+    # Slots are summed one at a time in a small reused buffer that stays in cache, then written out in one
+    # streaming pass: writing straight into an (S, F, width, 2) result of megabytes cost a cache miss per first
+    # touch of each line. Run c takes slots cuts[c]..cuts[c+1]-1 (rows ascending within a slot, so every bin
+    # sums its rows in row order), or, with ``split_rows`` (one slot), rows cuts[c]..cuts[c+1]-1 into its own
+    # buffer, the buffers then added in run order. Returns 1 for a bin code past n_bins, 2 for an encoding overflow.
     n_features = bins.shape[1]
-    n_runs = bounds.size - 1
-    private = np.zeros((n_runs - 1 if private_runs else 0,) + out.shape, np.float64)
-    bad = np.zeros(n_runs, np.bool_)
-    for c in prange(n_runs):
-        acc = private[c - 1] if private_runs and c > 0 else out
-        for j in range(bounds[c], bounds[c + 1]):
-            r = rows[j]
-            s = slot[r]
-            gj = g[r]
-            hj = h[r]
-            for f in range(n_features):
-                b = bins[r, f]
-                if b > n_bins:
-                    bad[c] = True
-                    continue
-                acc[s, f, b, 0] += gj
-                acc[s, f, b, 1] += hj
-    for c in range(private.shape[0]):
-        out += private[c]
-    return bad.any()
+    width = n_bins + 1
+    padded = width + 4 if (width * 16) % 4096 < 80 or (width * 16) % 4096 > 4096 - 80 else width
+    n_runs = cuts.size - 1
+    bad_bin = np.zeros(n_runs, np.bool_)
+    bad_value = np.zeros(n_runs, np.bool_)
+    if split_rows:
+        bufs = np.zeros((n_runs, n_features, padded, 2), np.float64)
+        for c in prange(n_runs):
+            bad_bin[c] = _accumulate(bins, rows, cuts[c], cuts[c + 1], g, h, n_bins, bufs[c])
+        for c in range(1, n_runs):
+            bufs[0] += bufs[c]
+        bad_value[0] = _emit(bufs[0], 0, width, scale, limit, out_float, out_fixed)
+    else:
+        for c in prange(n_runs):
+            buf = np.empty((n_features, padded, 2), np.float64)
+            for s in range(cuts[c], cuts[c + 1]):
+                buf[:] = 0.0
+                bad_bin[c] |= _accumulate(bins, rows, starts[s], starts[s + 1], g, h, n_bins, buf)
+                bad_value[c] |= _emit(buf, s, width, scale, limit, out_float, out_fixed)
+    return 1 if bad_bin.any() else (2 if bad_value.any() else 0)
 
 
-def _runs(starts: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Thread runs over the slot-grouped rows: cut at the slot boundaries nearest equal shares when there are
-    several slots (results independent of the cut); one slot is cut inside only from `SINGLE_RUN_ROWS` rows,
-    where the private histogram each extra run costs is small beside the work it takes over."""
-    rows = int(starts[-1])
+def _cuts(starts: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Thread runs: slot ranges cut where the row counts are closest to equal shares (results do not depend on
+    the cut); a single slot is cut into row ranges only from `SINGLE_RUN_ROWS` rows, where the buffer each extra
+    run costs is small beside the work it takes over. Returns (cuts, cuts are row positions)."""
+    n_slots, rows = starts.size - 1, int(starts[-1])
     threads = get_num_threads()
-    if threads < 2 or rows < 1024:
-        return np.array([0, rows], np.int64), False
-    if starts.size > 2:
+    if n_slots > 1 and threads > 1 and rows >= 1024:
         targets = np.arange(1, threads) * rows / threads
-        cuts = starts[np.abs(starts[None, :] - targets[:, None]).argmin(axis=1)]
-        return np.unique(np.concatenate([[0], cuts, [rows]])).astype(np.int64), False
-    if rows < SINGLE_RUN_ROWS:
-        return np.array([0, rows], np.int64), False
-    return np.linspace(0, rows, threads + 1).astype(np.int64), True
+        nearest = np.abs(starts[None, :] - targets[:, None]).argmin(axis=1)
+        return np.unique(np.concatenate([[0], nearest, [n_slots]])).astype(np.int64), False
+    if n_slots == 1 and threads > 1 and rows >= SINGLE_RUN_ROWS:
+        return np.linspace(0, rows, threads + 1).astype(np.int64), True
+    return np.array([0, n_slots], np.int64), False
 
 
-def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int,
-                     n_bins: int) -> np.ndarray:
-    """Per-slot gradient histograms: float64 (n_slots, F, n_bins + 1, 2), [..., 0] = sum g, [..., 1] = sum h.
-
-    The result may be a view into a larger, padded array (see `_padded_width`); copy it if you need it contiguous.
-
-    ``bins`` (n, F) uint8/uint16 from `bin_matrix` (bin n_bins = missing), ``slot`` (n,) int32 in
-    [-1, n_slots) (-1: row not counted), ``g``/``h`` (n,) float64. Sums run in row order.
-    """
+def _checked_inputs(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int,
+                    n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     bins = np.asarray(bins)
     if bins.ndim != 2 or bins.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"bins must be a 2-D uint8/uint16 array, got {bins.dtype} of shape {bins.shape}")
-    n, n_features = bins.shape
+    n = bins.shape[0]
     slot = np.ascontiguousarray(slot, np.int32)
     g = np.ascontiguousarray(g, np.float64)
     h = np.ascontiguousarray(h, np.float64)
@@ -214,49 +243,47 @@ def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.nd
         raise ValueError(f"need n_slots >= 0 and n_bins >= 1, got {n_slots} and {n_bins}")
     if n and (int(slot.max()) >= n_slots or int(slot.min()) < -1):
         raise ValueError(f"slot values must lie in [-1, {n_slots})")
-    padded = np.zeros((n_slots, n_features, _padded_width(n_bins + 1), 2), np.float64)
-    out = padded[:, :, :n_bins + 1, :]
-    if n == 0 or n_features == 0 or n_slots == 0:
-        return out
-    bins = np.ascontiguousarray(bins)
+    return np.ascontiguousarray(bins), slot, g, h
+
+
+def _run_histograms(bins, slot, g, h, n_slots, n_bins, out_float, out_fixed, scale=1.0, limit=0.0) -> int:
+    if bins.shape[0] == 0 or bins.shape[1] == 0 or n_slots == 0:
+        if out_float.size:
+            out_float[...] = 0.0
+        if out_fixed.size:
+            out_fixed[...] = 0
+        return 0
     rows, starts = _rows_by_slot(slot, n_slots)  # deeper levels count only the rows of the children being built
-    bounds, private_runs = _runs(starts)
-    bad = _hist_by_rows(bins, rows, slot, g, h, n_bins, bounds, private_runs, padded)
-    if bad:
+    cuts, split_rows = _cuts(starts)
+    return _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float, out_fixed)
+
+
+def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int,
+                     n_bins: int) -> np.ndarray:
+    """Per-slot gradient histograms: float64 (n_slots, F, n_bins + 1, 2), [..., 0] = sum g, [..., 1] = sum h.
+
+    ``bins`` (n, F) uint8/uint16 from `bin_matrix` (bin n_bins = missing), ``slot`` (n,) int32 in
+    [-1, n_slots) (-1: row not counted), ``g``/``h`` (n,) float64. Sums run in row order.
+    """
+    bins, slot, g, h = _checked_inputs(bins, slot, g, h, n_slots, n_bins)
+    out = np.empty((n_slots, bins.shape[1], n_bins + 1, 2), np.float64)
+    if _run_histograms(bins, slot, g, h, n_slots, n_bins, out, np.empty((0, 0, 0, 0), np.uint64)) == 1:
         raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
     return out
 
 
-def _padded_width(width: int) -> int:
-    """Bins per feature as laid out in memory: a feature's slab of (width x 2) float64 must not be within a cache
-    line of a multiple of 4 KiB, or a row's F updates (one per feature, same bin) all land in the same few cache
-    sets and evict each other (257 bins = 4 KiB + 16 B: padding to 261 made histograms ~25% faster here)."""
-    offset = (width * 16) % 4096
-    return width + 4 if offset < 80 or offset > 4096 - 80 else width
-
-
-@njit(parallel=True, cache=True, boundscheck=False)
-def _fixed_point_kernel(hist, scale, limit, out):  # pragma: no cover - compiled
-    n_slots, n_features, width, _ = hist.shape
-    bad = np.zeros(n_slots, np.bool_)
-    for s in prange(n_slots):
-        for f in range(n_features):
-            for b in range(width):
-                for k in range(2):
-                    scaled = np.rint(hist[s, f, b, k] * scale)
-                    if not abs(scaled) < limit:  # also catches NaN
-                        bad[s] = True
-                        scaled = 0.0
-                    out[s, f, b, k] = np.uint64(np.int64(scaled))
-    return bad.any()
-
-
-def histograms_to_fixed(hist: np.ndarray, frac_bits: int, bound: float) -> np.ndarray:
-    """`build_histograms` output (float64 (S, F, W, 2), any strides) -> contiguous uint64 fixed-point encodings
-    round(x·2^frac_bits) mod 2^64, exactly as `privboost.mpc.ring.encode_fixed`, in one pass; raises ValueError
-    unless every |x| < ``bound``."""
-    out = np.empty(hist.shape, np.uint64)
-    if hist.size and _fixed_point_kernel(hist, float(2.0 ** frac_bits), float(bound) * 2.0 ** frac_bits, out):
+def build_fixed_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int,
+                           n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
+    """`build_histograms` encoded as secure aggregation's input, in the same pass: uint64 (n_slots, F,
+    n_bins + 1, 2) fixed-point round(x·2^frac_bits) mod 2^64, exactly `privboost.mpc.ring.encode_fixed` of the
+    float64 histograms; raises ValueError unless every |sum| < ``bound``."""
+    bins, slot, g, h = _checked_inputs(bins, slot, g, h, n_slots, n_bins)
+    out = np.empty((n_slots, bins.shape[1], n_bins + 1, 2), np.uint64)
+    status = _run_histograms(bins, slot, g, h, n_slots, n_bins, np.empty((0, 0, 0, 0), np.float64), out,
+                             float(2.0 ** frac_bits), float(bound) * 2.0 ** frac_bits)
+    if status == 1:
+        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
+    if status == 2:
         raise ValueError(f"a histogram sum is not finite or exceeds {bound:.3g} in magnitude")
     return out
 
@@ -324,7 +351,8 @@ def warm_up() -> None:
         bins = bin_matrix(data, edges, 256)
         for n_slots in (1, 2):
             slot = (np.arange(64) % (n_slots + 1) - 1).astype(np.int32)
-            histograms_to_fixed(build_histograms(bins, slot, g, h, n_slots, 256), 32, 2.0**29)
+            build_histograms(bins, slot, g, h, n_slots, 256)
+            build_fixed_histograms(bins, slot, g, h, n_slots, 256, 32, 2.0**29)
             node_totals(slot, g, h, n_slots)
         position = np.zeros(64, np.int32)
         route_rows(position, bins, np.array([0]), np.array([1]), np.array([100]), np.array([True]), 256,

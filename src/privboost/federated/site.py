@@ -20,8 +20,7 @@ from privboost.data import DataError, feature_matrix, read_table
 from privboost.federated import sketch
 from privboost.federated.histograms import (
     bin_matrix,
-    build_histograms,
-    histograms_to_fixed,
+    build_fixed_histograms,
     node_totals,
     route_rows,
 )
@@ -243,8 +242,8 @@ class Site:
             self._gradients = gradients(self.objective, self.margin, self.data.labels)
         g, h = self._gradients
         try:
-            hist = histograms_to_fixed(build_histograms(self.bins, slot, g, h, slots, self.max_bin), self.frac_bits,
-                                       self._limit()).ravel()
+            hist = build_fixed_histograms(self.bins, slot, g, h, slots, self.max_bin, self.frac_bits,
+                                          self._limit()).ravel()
         except ValueError:
             raise self._too_large() from None
         if not with_totals:
