@@ -4,8 +4,9 @@ Synthetic binary classification (n × F, default 1,000,000 × 100) split over S 
 of depth 6. For each site count and engine it runs what ``privboost train federated --local [--engine E]`` runs,
 with SecAgg+ secure aggregation: ``flower`` (every site and the aggregator in Flower's simulation), ``direct`` (every
 site its own process with a TLS connection to the aggregator), and ``inprocess`` (sites called directly: the
-protocol's own cost, no messaging). It prints wall time, MB sent per site per tree, rounds, peak RSS of all processes
-(Ray's and the sites' included) and test AUC, beside ``xgboost.train(tree_method="hist")`` on the pooled data
+protocol's own cost, no messaging). It prints wall time, MB sent per site per tree, rounds, peak memory of all
+processes (Ray's and the sites' included; proportional set sizes, so pages that forked sites share count once) and
+test AUC, beside ``xgboost.train(tree_method="hist")`` on the pooled data
 (QuantileDMatrix build included in its time). Last line: one JSON object with the headline figures of the first site
 count (``federated_s``/``ratio``: Flower engine; ``direct_s``/``direct_ratio``: direct engine).
 
@@ -37,7 +38,7 @@ from privboost.federated.site import Site, load_site_data
 
 
 class PeakMemory:
-    """Peak of the summed RSS of this process and all its descendants, sampled every 0.5 s from /proc."""
+    """Peak of the summed memory (PSS) of this process and all its descendants, sampled every 0.5 s from /proc."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -58,23 +59,36 @@ class PeakMemory:
 
 
 def _tree_rss(root: int) -> int:
+    """Memory of ``root`` and its descendants: the sum of their proportional set sizes (PSS), so pages that
+    forked site processes share copy-on-write count once, not once per process (RSS where PSS is unreadable)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             children.setdefault(int(stat[1]), []).append(int(entry))
-            rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        total += _process_memory(pid)
         stack.extend(children.get(pid, []))
     return total
+
+
+def _process_memory(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[21]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def make_sites(rows: int, features: int, sites: int, folder: Path, seed: int = 7) -> tuple[list[str], np.ndarray,
@@ -178,7 +192,7 @@ def main() -> None:
                 label = {"flower": "federated, Flower simulation", "direct": "federated, sites as TLS processes",
                          "inprocess": "protocol only (sites called)"}[engine]
                 print(f"  {label:32s} {r['federated_s']:8.1f} s  ({r['rounds']} secure rounds, "
-                      f"{r['mb_per_site_per_tree']:.2f} MB per site per tree, peak RSS {r['peak_rss_gb']:.2f} GB)   "
+                      f"{r['mb_per_site_per_tree']:.2f} MB per site per tree, peak memory {r['peak_rss_gb']:.2f} GB)   "
                       f"AUC {r['auc']:.4f}   {r['federated_s'] / plain['xgboost_s']:.1f}x xgboost", flush=True)
             if headline is None:
                 headline = {"sites": count, "trees": args.trees, "xgboost_s": round(plain["xgboost_s"], 2),

@@ -245,6 +245,10 @@ def launch_sites(sites: list[tuple[int, str, CertPaths]], label: str, host: str,
     Each child names itself ``privboost-s<index>`` (``/proc/<pid>/comm``), writes errors to
     ``logs/site<index>.log`` and, when it ends, its exit code to ``logs/site<index>.exit``.
     """
+    if not hasattr(os, "fork"):
+        print("the direct engine forks its site processes and needs Linux or macOS; use --engine flower",
+              file=sys.stderr)
+        return 2
     warm_up()  # compiled kernels loaded once here, inherited by every fork
     children: dict[int, int] = {}
     for index, path, certs in sites:
