@@ -201,9 +201,11 @@ class FederatedAggregator:
         self._setup()
         features = len(self.feature_names)
         summed = self._secure_sum({"task": "sketch", "frac_bits": SKETCH_FRAC_BITS})
-        counts = summed[:features * sketch.GRID_SIZE].reshape(features, sketch.GRID_SIZE)
         label_sum, label_abs_sum = decode_fixed(summed[-3:-1], SKETCH_FRAC_BITS)
         rows = int(summed[-1])
+        if rows > sketch.LANE_MAX:  # the packed bucket counts could have overflowed their 32-bit lanes
+            raise FederatedError(f"{rows:,} rows in all: the sketch round supports at most {sketch.LANE_MAX:,}")
+        counts = sketch.unpack_counts(summed[:features * sketch.GRID_SIZE // 2].reshape(features, -1))
         edges = sketch.edges_from_counts(counts, self.params.max_bin)
         minimums = sketch.feature_minimums(counts)
         base_score = self._base_score(float(label_sum), rows)

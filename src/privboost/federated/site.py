@@ -188,7 +188,7 @@ class Site:
         if "frac_bits" in request:
             self.frac_bits = int(request["frac_bits"])
         if task == "sketch":
-            counts = sketch.bucket_counts(self.data.values).ravel()
+            counts = sketch.pack_counts(sketch.bucket_counts(self.data.values)).ravel()
             stats = self._encode(np.array([self.data.labels.sum(), np.abs(self.data.labels).sum()]))
             return np.concatenate([counts, stats, np.array([self.data.rows], np.uint64)])
         if task == "level":

@@ -15,24 +15,67 @@ thresholds are these bucket boundaries, which any model reveals anyway.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-from privboost.crypto.floatcode import float32_to_ordered_uint32, ordered_uint32_to_float32
+from privboost.crypto.floatcode import ordered_uint32_to_float32
 
 GRID_BITS = 16
 GRID_SIZE = 1 << GRID_BITS
+#: the largest count a packed 32-bit lane holds (see `pack_counts`)
+LANE_MAX = (1 << 32) - 1
 _SHIFT = 32 - GRID_BITS
+
+
+@njit(cache=True, boundscheck=False)
+def _count_kernel(bits, counts):  # pragma: no cover - compiled
+    # bits: the float32 values' bit patterns (n, F); the order-preserving code of `float32_to_ordered_uint32`,
+    # computed inline: +-0 -> 0x80000000, non-negative -> bits | sign, negative -> ~bits; NaN skipped
+    n, n_features = bits.shape
+    block = 4096  # rows per pass: the block stays in cache while each feature's counts row is updated
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        for f in range(n_features):
+            row = counts[f]
+            for i in range(r0, r1):
+                u = bits[i, f]
+                magnitude = u & np.uint32(0x7FFFFFFF)
+                if magnitude > np.uint32(0x7F800000):
+                    continue  # NaN: missing
+                if magnitude == 0:
+                    code = np.uint32(0x80000000)
+                elif u & np.uint32(0x80000000):
+                    code = ~u
+                else:
+                    code = u | np.uint32(0x80000000)
+                row[code >> np.uint32(_SHIFT)] += 1
 
 
 def bucket_counts(values: np.ndarray) -> np.ndarray:
     """Per-feature counts of non-missing values in each public grid bucket: uint64 (F, GRID_SIZE)."""
-    x = np.asarray(values, dtype=np.float32)
-    n, features = x.shape
-    counts = np.empty((features, GRID_SIZE), dtype=np.uint64)
-    for f in range(features):  # one bincount per feature keeps memory at n words, not n·F
-        column = x[:, f]
-        present = column[~np.isnan(column)]
-        buckets = float32_to_ordered_uint32(present) >> np.uint32(_SHIFT)
-        counts[f] = np.bincount(buckets, minlength=GRID_SIZE)
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"values must be a 2-D (rows, features) array, got shape {x.shape}")
+    counts = np.zeros((x.shape[1], GRID_SIZE), dtype=np.uint64)
+    _count_kernel(x.view(np.uint32), counts)
+    return counts
+
+
+def pack_counts(counts: np.ndarray) -> np.ndarray:
+    """Two counts per uint64 word (bucket 2j in the low 32 bits, 2j+1 in the high): (F, GRID_SIZE) -> (F,
+    GRID_SIZE / 2). Halves what secure aggregation masks and sends. Sums of packed words are the packed sums as long
+    as every summed count stays below 2^32, i.e. fewer than 2^32 rows in all (the aggregator checks the total)."""
+    counts = np.asarray(counts, np.uint64)
+    if counts.size and int(counts.max()) > LANE_MAX:
+        raise ValueError(f"a bucket count exceeds {LANE_MAX}: too many rows for the packed sketch")
+    return counts[:, 0::2] | (counts[:, 1::2] << np.uint64(32))
+
+
+def unpack_counts(packed: np.ndarray) -> np.ndarray:
+    """Inverse of `pack_counts`: (F, GRID_SIZE / 2) uint64 -> (F, GRID_SIZE) uint64."""
+    packed = np.asarray(packed, np.uint64)
+    counts = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint64)
+    counts[:, 0::2] = packed & np.uint64(LANE_MAX)
+    counts[:, 1::2] = packed >> np.uint64(32)
     return counts
 
 
