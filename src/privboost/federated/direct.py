@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
-from privboost.federated.histograms import warm_up
 from privboost.federated.messages import flatten, payload_bytes, unflatten
+from privboost.federated.partition import warm_up
 from privboost.federated.site import Site, load_site_data
 from privboost.mpc.transport import (
     Channel,

@@ -288,6 +288,29 @@ def build_fixed_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h:
     return out
 
 
+def build_fixed_histograms_at(bins: np.ndarray, g: np.ndarray, h: np.ndarray, ranges: list[tuple[int, int]],
+                              n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
+    """`build_fixed_histograms` where slot k is the contiguous run of rows ``ranges[k] = (start, end)`` (rows kept
+    grouped by node, see `privboost.federated.partition`): rows are read front to back, in row order."""
+    bins = np.ascontiguousarray(bins)
+    out = np.empty((len(ranges), bins.shape[1], n_bins + 1, 2), np.uint64)
+    lengths = np.array([end - start for start, end in ranges], np.int64)
+    rows = np.concatenate([np.arange(start, end, dtype=np.int64) for start, end in ranges] or [np.zeros(0, np.int64)])
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    if bins.shape[1] == 0 or not ranges:
+        out[...] = 0
+        return out
+    cuts, split_rows = _cuts(starts)
+    status = _hist_kernel(bins, rows, starts, np.ascontiguousarray(g, np.float64), np.ascontiguousarray(h, np.float64),
+                          n_bins, cuts, split_rows, float(2.0 ** frac_bits), float(bound) * 2.0 ** frac_bits,
+                          np.empty((0, 0, 0, 0), np.float64), out)
+    if status == 1:
+        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
+    if status == 2:
+        raise ValueError(f"a histogram sum is not finite or exceeds {bound:.3g} in magnitude")
+    return out
+
+
 @njit(cache=True, boundscheck=False)
 def _route_kernel(position, bins, lookup, features, split_bins, default_left, build_left, max_bin,
                   slot):  # pragma: no cover - compiled

@@ -24,6 +24,7 @@ from privboost.federated.histograms import (
     node_totals,
     route_rows,
 )
+from privboost.federated.partition import RowPartition
 from privboost.federated.secagg import SecAggConfig, SecAggSite
 from privboost.mpc.ring import SAFE_MAGNITUDE_BITS, encode_fixed
 
@@ -102,6 +103,7 @@ class Site:
     position: np.ndarray | None = None  # heap index (children of i: 2i+1, 2i+2) of each row's node, this tree
     bins: np.ndarray | None = None
     _gradients: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # of the current margins
+    _rows: RowPartition | None = field(default=None, repr=False)  # rows grouped by node (a cache, not state)
 
     # ------------------------------------------------------------------ state between messages
     def export_state(self) -> dict:
@@ -209,7 +211,7 @@ class Site:
             self._apply_leaves(request)
         if int(request["level"]) == 0:
             self.position = np.zeros(self.data.rows, np.int32)
-            return self._histograms(np.zeros(self.data.rows, np.int32), 1, with_totals=True)
+            return self._root_histograms()
         return self._route_and_build(request)
 
     def _apply_leaves(self, request: dict) -> None:
@@ -224,28 +226,41 @@ class Site:
         self._gradients = None
         self.position = None
 
-    def _route(self, request: dict, prefix: str = "", build_left: np.ndarray | None = None) -> np.ndarray | None:
-        """Move rows of split nodes to their children; with ``build_left``, the slot vector of the built children."""
-        return route_rows(self.position, self.bins, request[prefix + "split_nodes"],
-                          request[prefix + "split_features"], request[prefix + "split_bins"],
-                          request[prefix + "default_left"], self.max_bin, build_left)
+    def _route(self, request: dict, prefix: str = "") -> None:
+        """Move rows of split nodes to their children (``position``)."""
+        route_rows(self.position, self.bins, request[prefix + "split_nodes"], request[prefix + "split_features"],
+                   request[prefix + "split_bins"], request[prefix + "default_left"], self.max_bin)
 
     def _route_and_build(self, request: dict) -> np.ndarray:
         if self.position is None:
             raise SiteError("level request without a tree in progress")
-        slot = self._route(request, build_left=np.asarray(request["build_left"], bool))
-        return self._histograms(slot, len(request["split_nodes"]))
-
-    def _histograms(self, slot: np.ndarray, slots: int, with_totals: bool = False) -> np.ndarray:
-        # only the root needs node totals: children's totals are the split's left/right sums, as in XGBoost
-        if self._gradients is None:  # margins change only between trees: once per tree, not per level
-            self._gradients = gradients(self.objective, self.margin, self.data.labels)
-        g, h = self._gradients
+        g, h = self._current_gradients()
+        if self._rows is None or self._rows.order.size != self.data.rows:  # e.g. a site restored mid-tree
+            self._rows = RowPartition()
+            self._rows.reset(self.bins, g, h, self.position)
+        split_nodes = np.asarray(request["split_nodes"], np.int64)
+        self._route(request)
+        self._rows.split(self.position, split_nodes)
+        built = 2 * split_nodes + np.where(np.asarray(request["build_left"], bool), 1, 2)
         try:
-            hist = build_fixed_histograms(self.bins, slot, g, h, slots, self.max_bin, self.frac_bits,
-                                          self._limit()).ravel()
+            return self._rows.fixed_histograms(built, self.max_bin, self.frac_bits, self._limit()).ravel()
         except ValueError:
             raise self._too_large() from None
-        if not with_totals:
-            return hist
-        return np.concatenate([hist, self._encode(node_totals(slot, g, h, slots).ravel())])
+
+    def _current_gradients(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._gradients is None:  # margins change only between trees: once per tree, not per level
+            self._gradients = gradients(self.objective, self.margin, self.data.labels)
+        return self._gradients
+
+    def _root_histograms(self) -> np.ndarray:
+        # the root's histogram and node totals (children's totals are the split's left/right sums, as in XGBoost)
+        g, h = self._current_gradients()
+        if self._rows is None:
+            self._rows = RowPartition()
+        self._rows.reset(self.bins, g, h, self.position)
+        slot = np.zeros(self.data.rows, np.int32)
+        try:
+            hist = build_fixed_histograms(self.bins, slot, g, h, 1, self.max_bin, self.frac_bits, self._limit())
+        except ValueError:
+            raise self._too_large() from None
+        return np.concatenate([hist.ravel(), self._encode(node_totals(slot, g, h, 1).ravel())])

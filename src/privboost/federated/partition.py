@@ -1,0 +1,123 @@
+"""A site's rows kept grouped by tree node, bins and gradients moved with them, for fast deep-level histograms.
+
+At the root a histogram reads the bin matrix front to back. Deeper down the rows of the node being built are
+scattered over the matrix, and each one costs a trip to memory: measured on 100,000 rows x 100 features, a level's
+histogram took 12-19 ms that way and 6-7 ms on the same rows stored contiguously, while moving every row into its
+child's range costs ~1.5 ms per level. So, like xgboost's row partitioner but moving the bin rows themselves, a
+`RowPartition` keeps each node's rows in one contiguous range, in ascending original order (the partition of a
+parent into its children is stable), so every histogram bin still sums its rows in row order: the sums are
+bit-for-bit those of `privboost.federated.histograms.build_fixed_histograms` on the original layout.
+
+It is a cache derived from the site's state (each row's node): a restored site rebuilds it from ``position``.
+Nothing here leaves the site.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from privboost.federated.histograms import build_fixed_histograms_at
+from privboost.federated.histograms import warm_up as warm_up_histograms
+
+
+@njit(cache=True, boundscheck=False)
+def _partition_kernel(order, bins, g, h, position, starts, ends, split, out_order, out_bins, out_g,
+                      out_h, left_ends):  # pragma: no cover - compiled
+    # every range is copied; a split range is stably partitioned: rows now in its left child (odd heap index
+    # 2p+1) first, then those in its right child (2p+2)
+    n_features = bins.shape[1]
+    goes_left = np.empty(order.size, np.bool_)
+    for q in range(starts.size):
+        s, e = starts[q], ends[q]
+        n_left = 0
+        for i in range(s, e):
+            goes_left[i] = (not split[q]) or position[order[i]] % 2 == 1
+            n_left += goes_left[i]
+        left_ends[q] = s + n_left
+        w_left, w_right = s, s + n_left
+        for i in range(s, e):
+            if goes_left[i]:
+                w = w_left
+                w_left += 1
+            else:
+                w = w_right
+                w_right += 1
+            out_order[w] = order[i]
+            out_g[w] = g[i]
+            out_h[w] = h[i]
+            for f in range(n_features):
+                out_bins[w, f] = bins[i, f]
+
+
+class RowPartition:
+    """Rows arranged by node: ``order[i]`` is the original row at position i; ``ranges[node] = (start, end)``.
+
+    Two bin buffers are kept and reused from tree to tree (fresh memory costs page faults on every level).
+    """
+
+    def __init__(self) -> None:
+        self.order = np.zeros(0, np.int64)
+        self.bins = np.zeros((0, 0), np.uint8)
+        self.g = self.h = np.zeros(0)
+        self.ranges: dict[int, tuple[int, int]] = {}
+        self._buffers: list[np.ndarray] = []
+
+    def reset(self, bins: np.ndarray, g: np.ndarray, h: np.ndarray, position: np.ndarray) -> None:
+        """Arrange ``bins`` (n, F) and gradients ``g``/``h`` (n,) by each row's node, ``position`` (n,)."""
+        position = np.asarray(position)
+        g, h = np.asarray(g, np.float64), np.asarray(h, np.float64)
+        if np.all(position == position[:1]):  # one node (the root): the original layout is the arrangement
+            self.order = np.arange(position.size, dtype=np.int64)
+            self.bins, self.g, self.h = bins, g, h
+        else:
+            self.order = np.argsort(position, kind="stable").astype(np.int64)
+            self.bins = np.ascontiguousarray(bins[self.order])
+            self.g, self.h = g[self.order], h[self.order]
+        nodes, counts = np.unique(position, return_counts=True)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        self.ranges = {int(node): (int(bounds[i]), int(bounds[i + 1])) for i, node in enumerate(nodes)}
+
+    def _target(self) -> np.ndarray:
+        for buffer in self._buffers:
+            if buffer is not self.bins and buffer.shape == self.bins.shape and buffer.dtype == self.bins.dtype:
+                return buffer
+        self._buffers = [b for b in self._buffers if b is self.bins][:1] + [np.empty_like(self.bins)]
+        return self._buffers[-1]
+
+    def split(self, position: np.ndarray, parents: np.ndarray) -> None:
+        """Move the rows of every node in ``parents`` into its two children's ranges, after ``position`` (each
+        original row's node, already updated by routing) says which child each row went to."""
+        nodes = sorted(self.ranges, key=lambda node: self.ranges[node][0])
+        starts = np.array([self.ranges[node][0] for node in nodes], np.int64)
+        ends = np.array([self.ranges[node][1] for node in nodes], np.int64)
+        split = np.isin(np.array(nodes, np.int64), np.asarray(parents, np.int64))
+        target = self._target()
+        out_order, out_g, out_h = np.empty_like(self.order), np.empty_like(self.g), np.empty_like(self.h)
+        left_ends = np.zeros(len(nodes), np.int64)
+        _partition_kernel(self.order, self.bins, self.g, self.h, position, starts, ends, split, out_order, target,
+                          out_g, out_h, left_ends)
+        self.order, self.bins, self.g, self.h = out_order, target, out_g, out_h
+        for node, s, e, m, is_split in zip(nodes, starts, ends, left_ends, split, strict=True):
+            if is_split:
+                del self.ranges[node]
+                self.ranges[2 * node + 1] = (int(s), int(m))
+                self.ranges[2 * node + 2] = (int(m), int(e))
+
+    def fixed_histograms(self, nodes: np.ndarray, n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
+        """`build_fixed_histograms` of the rows of each node in ``nodes`` (one slot per node, in that order)."""
+        ranges = [self.ranges.get(int(node), (0, 0)) for node in nodes]
+        return build_fixed_histograms_at(self.bins, self.g, self.h, ranges, n_bins, frac_bits, bound)
+
+
+def warm_up() -> None:
+    """Load every kernel a site runs (`privboost.federated.histograms.warm_up`, plus the partition's)."""
+    warm_up_histograms()
+    for dtype in (np.uint8, np.uint16):
+        bins = (np.arange(128) % 7).astype(dtype).reshape(64, 2)
+        rows = RowPartition()
+        g = np.linspace(-1.0, 1.0, 64)
+        rows.reset(bins, g, g, np.zeros(64, np.int32))
+        position = np.where(np.arange(64) % 2 == 0, 1, 2).astype(np.int32)
+        rows.split(position, np.array([0]))
+        rows.fixed_histograms(np.array([1, 2]), 7, 32, 2.0**29)

@@ -1,0 +1,47 @@
+"""Rows kept grouped by node: the same histograms, bit for bit, as on the original layout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privboost.federated.histograms import build_fixed_histograms
+from privboost.federated.partition import RowPartition
+
+
+def _grow(position: np.ndarray, rng: np.random.Generator, parents: np.ndarray) -> None:
+    for p in parents:
+        rows = np.flatnonzero(position == p)
+        position[rows] = 2 * p + 1 + (rng.random(rows.size) < 0.4)
+
+
+def test_partition_histograms_equal_the_original_layout_and_survive_a_restart():
+    rng = np.random.default_rng(5)
+    n, n_features, n_bins = 20_000, 6, 30
+    bins = rng.integers(0, n_bins + 1, (n, n_features)).astype(np.uint8)
+    g, h = rng.standard_normal(n), rng.random(n)
+    position = np.zeros(n, np.int32)
+    rows = RowPartition()
+    rows.reset(bins, g, h, position)
+    parents = np.array([0])
+    for _level in range(4):
+        _grow(position, rng, parents)
+        rows.split(position, parents)
+        children = np.sort(np.concatenate([2 * parents + 1, 2 * parents + 2]))
+        built = children[::2] + rng.integers(0, 2, children.size // 2)  # one child of each parent
+        slot = np.full(n, -1, np.int32)
+        for k, node in enumerate(built):
+            slot[position == node] = k
+        want = build_fixed_histograms(bins, slot, g, h, built.size, n_bins, 32, 2.0**29)
+        np.testing.assert_array_equal(rows.fixed_histograms(built, n_bins, 32, 2.0**29), want)
+        for node, (start, end) in rows.ranges.items():  # each range: exactly the node's rows, ascending
+            np.testing.assert_array_equal(rows.order[start:end], np.flatnonzero(position == node))
+        np.testing.assert_array_equal(rows.bins, bins[rows.order])
+        np.testing.assert_array_equal(rows.g, g[rows.order])
+        parents = children[rng.random(children.size) < 0.8]  # some children become leaves
+
+        restored = RowPartition()  # a site restored from its state rebuilds the arrangement from position
+        restored.reset(bins, g, h, position)
+        assert set(restored.ranges) == set(rows.ranges)
+        for node, (start, end) in restored.ranges.items():
+            np.testing.assert_array_equal(restored.order[start:end], np.flatnonzero(position == node))
+        np.testing.assert_array_equal(restored.fixed_histograms(built, n_bins, 32, 2.0**29), want)
