@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
 from privboost.federated.messages import flatten, payload_bytes, unflatten
+from privboost.federated.partition import RowPartition
 from privboost.federated.site import Site, SiteData, load_site_data
 
 
@@ -147,6 +149,9 @@ def server_app(job: FederatedJob, progress: Progress | None = None,
 _STATE = "privboost.site"
 _DATA_CACHE: dict[tuple, SiteData] = {}
 _BINS_CACHE: dict[tuple, np.ndarray] = {}
+#: a site's rows grouped by node (`RowPartition`), kept while this process serves the site's next message; the
+#: token stored beside the site's state says whether the cached arrangement belongs to that state
+_ROWS_CACHE: dict[int, tuple[str, RowPartition | None]] = {}
 
 
 def _site_data(path: str, label: str) -> SiteData:
@@ -184,14 +189,24 @@ def handle_site_message(message: Message, context: Context, data_paths: list[str
                                          "config": context.state[_STATE + ".config"]}))
         bins = _BINS_CACHE.get(_bins_key(data, stored["edges"])) if "edges" in stored else None
         site = Site.from_state(data, stored, bins)
+        token, rows = _ROWS_CACHE.get(id(data), ("", None))
+        if _STATE + ".rows" in context.state and context.state[_STATE + ".rows"].get("token") == token:
+            site.rows = rows
     else:
         raise FederatedError("this site has no state for the run: it missed key setup")
-    reply = site.handle(request)
+    try:
+        reply = site.handle(request)
+    except Exception:
+        _ROWS_CACHE.pop(id(data), None)  # the arrangement may be half-updated: never reuse it
+        raise
     if site.bins is not None:  # binned on this message (first level) or restored: keep it for the next ones
         _BINS_CACHE.setdefault(_bins_key(data, site.edges), site.bins)
     record = to_record(site.export_state())
     context.state[_STATE + ".arrays"] = record["arrays"]
     context.state[_STATE + ".config"] = record["config"]
+    token = secrets.token_hex(8)
+    _ROWS_CACHE[id(data)] = (token, site.rows)
+    context.state[_STATE + ".rows"] = ConfigRecord({"token": token})
     return Message(to_record(reply), reply_to=message)
 
 

@@ -103,7 +103,7 @@ class Site:
     position: np.ndarray | None = None  # heap index (children of i: 2i+1, 2i+2) of each row's node, this tree
     bins: np.ndarray | None = None
     _gradients: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # of the current margins
-    _rows: RowPartition | None = field(default=None, repr=False)  # rows grouped by node (a cache, not state)
+    rows: RowPartition | None = field(default=None, repr=False)  # rows grouped by node: a cache, not state
 
     # ------------------------------------------------------------------ state between messages
     def export_state(self) -> dict:
@@ -235,15 +235,15 @@ class Site:
         if self.position is None:
             raise SiteError("level request without a tree in progress")
         g, h = self._current_gradients()
-        if self._rows is None or self._rows.order.size != self.data.rows:  # e.g. a site restored mid-tree
-            self._rows = RowPartition()
-            self._rows.reset(self.bins, g, h, self.position)
+        if self.rows is None or self.rows.order.size != self.data.rows:  # e.g. a site restored mid-tree
+            self.rows = RowPartition()
+            self.rows.reset(self.bins, g, h, self.position)
         split_nodes = np.asarray(request["split_nodes"], np.int64)
         self._route(request)
-        self._rows.split(self.position, split_nodes)
+        self.rows.split(self.position, split_nodes)
         built = 2 * split_nodes + np.where(np.asarray(request["build_left"], bool), 1, 2)
         try:
-            return self._rows.fixed_histograms(built, self.max_bin, self.frac_bits, self._limit()).ravel()
+            return self.rows.fixed_histograms(built, self.max_bin, self.frac_bits, self._limit()).ravel()
         except ValueError:
             raise self._too_large() from None
 
@@ -255,9 +255,9 @@ class Site:
     def _root_histograms(self) -> np.ndarray:
         # the root's histogram and node totals (children's totals are the split's left/right sums, as in XGBoost)
         g, h = self._current_gradients()
-        if self._rows is None:
-            self._rows = RowPartition()
-        self._rows.reset(self.bins, g, h, self.position)
+        if self.rows is None:
+            self.rows = RowPartition()
+        self.rows.reset(self.bins, g, h, self.position)
         slot = np.zeros(self.data.rows, np.int32)
         try:
             hist = build_fixed_histograms(self.bins, slot, g, h, 1, self.max_bin, self.frac_bits, self._limit())

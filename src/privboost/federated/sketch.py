@@ -5,7 +5,8 @@ Each site counts its non-missing values of every feature in the buckets of a fix
 bits, so bucket order is value order). The count vectors go through secure aggregation; the aggregator takes
 weighted quantiles of the pooled counts, as XGBoost's hist sketch takes quantiles of the pooled data, and puts
 every cut on a bucket boundary. A feature with at most ``max_bin`` non-empty buckets (binary and small-integer
-columns) gets one bin per value, as XGBoost does for columns with few distinct values.
+columns) gets one bin per value, as XGBoost does for columns with few distinct values. Counts travel two per 64-bit
+word (`pack_counts`), which halves the masking and the bytes and sums exactly below 2^32 rows in all.
 
 Leakage: the aggregator learns the pooled per-feature histogram at grid resolution (1 sign, 8 exponent and
 ``GRID_BITS - 9`` mantissa bits: relative resolution 2^-7 at 16 bits), and no site's counts. The finished model's
