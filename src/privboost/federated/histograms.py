@@ -246,16 +246,22 @@ def _checked_inputs(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.nda
     return np.ascontiguousarray(bins), slot, g, h
 
 
-def _run_histograms(bins, slot, g, h, n_slots, n_bins, out_float, out_fixed, scale=1.0, limit=0.0) -> int:
-    if bins.shape[0] == 0 or bins.shape[1] == 0 or n_slots == 0:
-        if out_float.size:
-            out_float[...] = 0.0
-        if out_fixed.size:
-            out_fixed[...] = 0
-        return 0
-    rows, starts = _rows_by_slot(slot, n_slots)  # deeper levels count only the rows of the children being built
+def _run_histograms(bins, rows, starts, g, h, n_bins, out_float, out_fixed, scale=1.0, limit=0.0) -> None:
+    """Fill ``out_float`` or ``out_fixed`` with the histogram of each slot k = rows[starts[k]:starts[k+1]]."""
+    if bins.shape[1] == 0 or starts.size < 2:
+        out_float[...] = 0.0
+        out_fixed[...] = 0
+        return
     cuts, split_rows = _cuts(starts)
-    return _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float, out_fixed)
+    status = _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float, out_fixed)
+    if status == 1:
+        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
+    if status == 2:
+        raise ValueError(f"a histogram sum is not finite or exceeds {limit / scale:.3g} in magnitude")
+
+
+_NO_FLOAT = np.empty((0, 0, 0, 0), np.float64)
+_NO_FIXED = np.empty((0, 0, 0, 0), np.uint64)
 
 
 def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int,
@@ -267,8 +273,7 @@ def build_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.nd
     """
     bins, slot, g, h = _checked_inputs(bins, slot, g, h, n_slots, n_bins)
     out = np.empty((n_slots, bins.shape[1], n_bins + 1, 2), np.float64)
-    if _run_histograms(bins, slot, g, h, n_slots, n_bins, out, np.empty((0, 0, 0, 0), np.uint64)) == 1:
-        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
+    _run_histograms(bins, *_rows_by_slot(slot, n_slots), g, h, n_bins, out, _NO_FIXED)
     return out
 
 
@@ -278,42 +283,29 @@ def build_fixed_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h:
     n_bins + 1, 2) fixed-point round(x·2^frac_bits) mod 2^64, exactly `privboost.mpc.ring.encode_fixed` of the
     float64 histograms; raises ValueError unless every |sum| < ``bound``."""
     bins, slot, g, h = _checked_inputs(bins, slot, g, h, n_slots, n_bins)
-    out = np.empty((n_slots, bins.shape[1], n_bins + 1, 2), np.uint64)
-    status = _run_histograms(bins, slot, g, h, n_slots, n_bins, np.empty((0, 0, 0, 0), np.float64), out,
-                             float(2.0 ** frac_bits), float(bound) * 2.0 ** frac_bits)
-    if status == 1:
-        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
-    if status == 2:
-        raise ValueError(f"a histogram sum is not finite or exceeds {bound:.3g} in magnitude")
-    return out
+    return _fixed(bins, *_rows_by_slot(slot, n_slots), g, h, n_bins, frac_bits, bound)
 
 
 def build_fixed_histograms_at(bins: np.ndarray, g: np.ndarray, h: np.ndarray, ranges: list[tuple[int, int]],
                               n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
     """`build_fixed_histograms` where slot k is the contiguous run of rows ``ranges[k] = (start, end)`` (rows kept
     grouped by node, see `privboost.federated.partition`): rows are read front to back, in row order."""
-    bins = np.ascontiguousarray(bins)
-    out = np.empty((len(ranges), bins.shape[1], n_bins + 1, 2), np.uint64)
     lengths = np.array([end - start for start, end in ranges], np.int64)
     rows = np.concatenate([np.arange(start, end, dtype=np.int64) for start, end in ranges] or [np.zeros(0, np.int64)])
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    if bins.shape[1] == 0 or not ranges:
-        out[...] = 0
-        return out
-    cuts, split_rows = _cuts(starts)
-    status = _hist_kernel(bins, rows, starts, np.ascontiguousarray(g, np.float64), np.ascontiguousarray(h, np.float64),
-                          n_bins, cuts, split_rows, float(2.0 ** frac_bits), float(bound) * 2.0 ** frac_bits,
-                          np.empty((0, 0, 0, 0), np.float64), out)
-    if status == 1:
-        raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
-    if status == 2:
-        raise ValueError(f"a histogram sum is not finite or exceeds {bound:.3g} in magnitude")
+    return _fixed(np.ascontiguousarray(bins), rows, starts, np.ascontiguousarray(g, np.float64),
+                  np.ascontiguousarray(h, np.float64), n_bins, frac_bits, bound)
+
+
+def _fixed(bins, rows, starts, g, h, n_bins, frac_bits, bound) -> np.ndarray:
+    out = np.empty((starts.size - 1, bins.shape[1], n_bins + 1, 2), np.uint64)
+    _run_histograms(bins, rows, starts, g, h, n_bins, _NO_FLOAT, out, float(2.0 ** frac_bits),
+                    float(bound) * 2.0 ** frac_bits)
     return out
 
 
 @njit(cache=True, boundscheck=False)
-def _route_kernel(position, bins, lookup, features, split_bins, default_left, build_left, max_bin,
-                  slot):  # pragma: no cover - compiled
+def _route_kernel(position, bins, lookup, features, split_bins, default_left, max_bin):  # pragma: no cover
     for r in range(position.size):
         node = position[r]
         k = lookup[node] if node < lookup.size else -1
@@ -322,27 +314,20 @@ def _route_kernel(position, bins, lookup, features, split_bins, default_left, bu
         value = bins[r, features[k]]
         left = default_left[k] if value == max_bin else value <= split_bins[k]
         position[r] = 2 * node + (1 if left else 2)
-        if slot.size and left == build_left[k]:
-            slot[r] = k
 
 
 def route_rows(position: np.ndarray, bins: np.ndarray, split_nodes: np.ndarray, split_features: np.ndarray,
-               split_bins: np.ndarray, default_left: np.ndarray, missing: int,
-               build_left: np.ndarray | None = None) -> np.ndarray | None:
+               split_bins: np.ndarray, default_left: np.ndarray, missing: int) -> None:
     """Move rows of the split nodes to their children, in place in ``position`` (int32 heap indices).
 
     A row of node ``split_nodes[k]`` goes left when its bin of ``split_features[k]`` is <= ``split_bins[k]``, or,
-    when missing (bin == ``missing``), when ``default_left[k]``. With ``build_left`` (bool per split) returns the
-    slot vector for `build_histograms`: k for rows that went to the child being built, -1 elsewhere.
+    when missing (bin == ``missing``), when ``default_left[k]``.
     """
     split_nodes = np.asarray(split_nodes, np.int64)
     lookup = np.full(int(split_nodes.max(initial=-1)) + 1, -1, np.int64)
     lookup[split_nodes] = np.arange(split_nodes.size)
-    slot = np.full(position.size if build_left is not None else 0, -1, np.int32)
-    build = np.asarray(build_left if build_left is not None else np.zeros(split_nodes.size), np.bool_)
     _route_kernel(position, np.ascontiguousarray(bins), lookup, np.asarray(split_features, np.int64),
-                  np.asarray(split_bins, np.int64), np.asarray(default_left, np.bool_), build, int(missing), slot)
-    return slot if build_left is not None else None
+                  np.asarray(split_bins, np.int64), np.asarray(default_left, np.bool_), int(missing))
 
 
 def node_totals(slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int) -> np.ndarray:
@@ -374,11 +359,6 @@ def warm_up() -> None:
         bins = bin_matrix(data, edges, 256)
         for n_slots in (1, 2):
             slot = (np.arange(64) % (n_slots + 1) - 1).astype(np.int32)
-            build_histograms(bins, slot, g, h, n_slots, 256)
             build_fixed_histograms(bins, slot, g, h, n_slots, 256, 32, 2.0**29)
             node_totals(slot, g, h, n_slots)
-        position = np.zeros(64, np.int32)
-        route_rows(position, bins, np.array([0]), np.array([1]), np.array([100]), np.array([True]), 256,
-                   np.array([True]))
-        route_rows(position, bins, np.array([1, 2]), np.array([0, 1]), np.array([9, 9]), np.array([False, True]),
-                   256)
+        route_rows(np.zeros(64, np.int32), bins, np.array([0]), np.array([1]), np.array([100]), np.array([True]), 256)

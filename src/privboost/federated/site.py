@@ -18,12 +18,7 @@ import numpy as np
 
 from privboost.data import DataError, feature_matrix, read_table
 from privboost.federated import sketch
-from privboost.federated.histograms import (
-    bin_matrix,
-    build_fixed_histograms,
-    node_totals,
-    route_rows,
-)
+from privboost.federated.histograms import bin_matrix, node_totals, route_rows
 from privboost.federated.partition import RowPartition
 from privboost.federated.secagg import SecAggConfig, SecAggSite
 from privboost.mpc.ring import SAFE_MAGNITUDE_BITS, encode_fixed
@@ -258,9 +253,9 @@ class Site:
         if self.rows is None:
             self.rows = RowPartition()
         self.rows.reset(self.bins, g, h, self.position)
-        slot = np.zeros(self.data.rows, np.int32)
         try:
-            hist = build_fixed_histograms(self.bins, slot, g, h, 1, self.max_bin, self.frac_bits, self._limit())
+            hist = self.rows.fixed_histograms(np.array([0]), self.max_bin, self.frac_bits, self._limit())
         except ValueError:
             raise self._too_large() from None
-        return np.concatenate([hist.ravel(), self._encode(node_totals(slot, g, h, 1).ravel())])
+        totals = node_totals(np.zeros(self.data.rows, np.int32), g, h, 1)
+        return np.concatenate([hist.ravel(), self._encode(totals.ravel())])
