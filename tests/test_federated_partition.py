@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from privboost.federated.histograms import build_fixed_histograms
+from privboost.federated.histograms import build_fixed_histograms, route_rows
 from privboost.federated.partition import RowPartition
 
 
@@ -45,3 +46,44 @@ def test_partition_histograms_equal_the_original_layout_and_survive_a_restart():
         for node, (start, end) in restored.ranges.items():
             np.testing.assert_array_equal(restored.order[start:end], np.flatnonzero(position == node))
         np.testing.assert_array_equal(restored.fixed_histograms(built, n_bins, 32, 2.0**29), want)
+
+
+def test_route_and_split_equals_routing_then_splitting():
+    rng = np.random.default_rng(11)
+    n, n_features, n_bins = 15_000, 5, 20
+    bins = rng.integers(0, n_bins + 1, (n, n_features)).astype(np.uint8)  # code n_bins: missing
+    g, h = rng.standard_normal(n), rng.random(n)
+    fused, separate = RowPartition(), RowPartition()
+    position_fused, position_separate = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    fused.reset(bins, g, h, position_fused)
+    separate.reset(bins, g, h, position_separate)
+    parents = np.array([0])
+    for _level in range(4):
+        features = rng.integers(0, n_features, parents.size)
+        cuts = rng.integers(0, n_bins, parents.size)
+        default_left = rng.random(parents.size) < 0.5
+        fused.route_and_split(position_fused, parents, features, cuts, default_left, n_bins)
+        route_rows(position_separate, bins, parents, features, cuts, default_left, n_bins)
+        separate.split(position_separate, parents)
+        np.testing.assert_array_equal(position_fused, position_separate)
+        assert fused.ranges == separate.ranges
+        np.testing.assert_array_equal(fused.order, separate.order)
+        np.testing.assert_array_equal(fused.bins, bins[fused.order])
+        np.testing.assert_array_equal(fused.h, h[fused.order])
+        children = np.concatenate([2 * parents + 1, 2 * parents + 2])
+        # some children become leaves; a node no row reached may still be split (it has no range)
+        parents = np.append(children[rng.random(children.size) < 0.7], 2 * children.max() + 1)
+
+
+def test_routing_refuses_split_arrays_it_would_read_out_of_bounds():
+    bins = np.zeros((10, 3), np.uint8)
+    rows = RowPartition()
+    position = np.zeros(10, np.int32)
+    rows.reset(bins, np.ones(10), np.ones(10), position)
+    with pytest.raises(ValueError, match="split features"):
+        rows.route_and_split(position, np.array([0]), np.array([3]), np.array([1]), np.array([True]), 4)
+    with pytest.raises(ValueError, match="one length"):
+        rows.route_and_split(position, np.array([0, 1]), np.array([0]), np.array([1]), np.array([True]), 4)
+    with pytest.raises(ValueError, match="split features"):
+        route_rows(position, bins, np.array([0]), np.array([-1]), np.array([1]), np.array([True]), 4)
+    np.testing.assert_array_equal(position, 0)

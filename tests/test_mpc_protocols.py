@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from privboost.mpc.prg import SEED_BYTES, Prg
+from privboost.mpc.prg import SEED_BYTES, Prg, add_seeded_streams, add_streams_into
 from privboost.mpc.protocols import arithmetic as ar
 from privboost.mpc.protocols import boolean as bo
 from privboost.mpc.protocols import compare as cmp
@@ -213,6 +213,22 @@ def test_ring_helpers():
     assert int(ring_constant(-1)) == MOD - 1 and int(ring_constant(MOD + 3)) == 3
     with pytest.raises(ValueError, match="seed"):
         Prg(b"short")
+
+
+@pytest.mark.parametrize("size, threads", [(0, 2), (1, 2), (7, 3), (4097, 2), (100_003, 2), (100_003, 1)])
+def test_seeded_streams_in_parts_equal_whole_streams(size, threads):
+    seeds = [bytes([i]) * SEED_BYTES for i in range(3)]
+    signs = [False, True, False]
+    start = np.arange(size, dtype=DTYPE) * np.uint64(0x9E3779B97F4A7C15)
+    want = start.copy()
+    add_streams_into(want, [(Prg(seed), sign) for seed, sign in zip(seeds, signs, strict=True)])
+    got = start.copy()
+    add_seeded_streams(got, list(zip(seeds, signs, strict=True)), threads=threads)
+    np.testing.assert_array_equal(got, want)
+    whole = Prg(seeds[0]).words(size + 6)
+    np.testing.assert_array_equal(Prg(seeds[0], start_word=6).words(size), whole[6:])  # a stream from an offset
+    with pytest.raises(ValueError, match="even"):
+        Prg(seeds[0], start_word=3)
 
 
 # ---------------------------------------------------------------------------------------------------------------

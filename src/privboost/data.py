@@ -32,28 +32,16 @@ def feature_matrix(table: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
     if absent:
         shown = ", ".join(absent[:10]) + (" ..." if len(absent) > 10 else "")
         raise DataError(f"input lacks {len(absent)} of the model's feature columns: {shown}")
-    columns = []
-    for name in feature_names:
+    out = np.empty((len(table), len(feature_names)), np.float32, order="F")  # column by column, then one transpose
+    for j, name in enumerate(feature_names):
         column = table[name]
         if isinstance(column, pd.DataFrame):
             raise DataError(f"input has more than one column named {name!r}")
-        numeric = pd.to_numeric(column, errors="coerce")
-        bad = numeric.isna() & column.notna()
-        if bad.any():
-            raise DataError(f"column {name!r} has non-numeric values (first: {column[bad].iloc[0]!r})")
-        columns.append(numeric.to_numpy(dtype=np.float32, na_value=np.nan))
-    return np.column_stack(columns) if columns else np.zeros((len(table), 0), dtype=np.float32)
-
-
-def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write CSV or Parquet (by extension) atomically: a failure leaves no partial file."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        if target.suffix.lower() in (".parquet", ".pq"):
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if not (pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_complex_dtype(column.dtype)):
+            numeric = pd.to_numeric(column, errors="coerce")  # text: numbers in it, anything else refused
+            bad = numeric.isna() & column.notna()
+            if bad.any():
+                raise DataError(f"column {name!r} has non-numeric values (first: {column[bad].iloc[0]!r})")
+            column = numeric
+        out[:, j] = column.to_numpy(dtype=np.float32, na_value=np.nan)
+    return np.ascontiguousarray(out)

@@ -32,6 +32,8 @@ UINT16_MAX_BINS = 65535
 #: a one-node histogram of this many counted rows or more is split over threads and the partial histograms added;
 #: below it, and for several nodes at any size, every bin is summed in row order (xgboost's single-threaded sums)
 SINGLE_RUN_ROWS = 16384
+#: bytes of histogram buffer one pass over a node's rows fills (features are taken in blocks of about this size)
+_BLOCK_BYTES = 160 * 1024
 
 
 def missing_code(n_bins: int) -> int:
@@ -147,19 +149,28 @@ def _rows_by_slot(slot, n_slots):  # pragma: no cover - compiled
 
 @njit(cache=True, boundscheck=False)
 def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf):  # pragma: no cover - compiled
-    # rows[lo:hi] into one (F, width, 2) histogram; a row's F bins are one contiguous read (row-major bins)
+    # rows[lo:hi] into one (F, width, 2) histogram, a block of features at a time: one block's part of the
+    # buffer stays in L2 (all 100 features x 257 bins are 411 KB, and a core here has 512 KB), which measured
+    # ~20% faster than all features per row though each row's bins are then read in several pieces. Within a
+    # feature, rows are still added in row order, so every sum is the same bit for bit.
     bad = False
-    for j in range(lo, hi):
-        r = rows[j]
-        gj = g[r]
-        hj = h[r]
-        for f in range(bins.shape[1]):
-            b = bins[r, f]
-            if b > n_bins:
-                bad = True
-                continue
-            buf[f, b, 0] += gj
-            buf[f, b, 1] += hj
+    n_features = bins.shape[1]
+    per_feature = buf.shape[1] * buf.shape[2] * 8
+    n_blocks = max(1, (n_features * per_feature + _BLOCK_BYTES - 1) // _BLOCK_BYTES)
+    block = (n_features + n_blocks - 1) // n_blocks
+    for f0 in range(0, n_features, block):
+        f1 = min(n_features, f0 + block)
+        for j in range(lo, hi):
+            r = rows[j]
+            gj = g[r]
+            hj = h[r]
+            for f in range(f0, f1):
+                b = bins[r, f]
+                if b > n_bins:
+                    bad = True
+                    continue
+                buf[f, b, 0] += gj
+                buf[f, b, 1] += hj
     return bad
 
 
@@ -323,11 +334,23 @@ def route_rows(position: np.ndarray, bins: np.ndarray, split_nodes: np.ndarray, 
     A row of node ``split_nodes[k]`` goes left when its bin of ``split_features[k]`` is <= ``split_bins[k]``, or,
     when missing (bin == ``missing``), when ``default_left[k]``.
     """
-    split_nodes = np.asarray(split_nodes, np.int64)
+    split_nodes, split_features = np.asarray(split_nodes, np.int64), np.asarray(split_features, np.int64)
+    split_bins, default_left = np.asarray(split_bins, np.int64), np.asarray(default_left, np.bool_)
+    check_splits(split_nodes, split_features, split_bins, default_left, np.shape(bins)[1])
     lookup = np.full(int(split_nodes.max(initial=-1)) + 1, -1, np.int64)
     lookup[split_nodes] = np.arange(split_nodes.size)
-    _route_kernel(position, np.ascontiguousarray(bins), lookup, np.asarray(split_features, np.int64),
-                  np.asarray(split_bins, np.int64), np.asarray(default_left, np.bool_), int(missing))
+    _route_kernel(position, np.ascontiguousarray(bins), lookup, split_features, split_bins, default_left, int(missing))
+
+
+def check_splits(split_nodes: np.ndarray, split_features: np.ndarray, split_bins: np.ndarray,
+                 default_left: np.ndarray, n_features: int) -> None:
+    """Raise ValueError unless the split arrays are 1-D, one entry per node, nodes >= 0 and features < n_features
+    (the compiled routing reads without bounds checks)."""
+    shape = split_nodes.shape
+    if len(shape) != 1 or split_features.shape != shape or split_bins.shape != shape or default_left.shape != shape:
+        raise ValueError("split nodes, features, bins and default directions must be 1-D arrays of one length")
+    if split_nodes.size and (split_nodes.min() < 0 or split_features.min() < 0 or split_features.max() >= n_features):
+        raise ValueError(f"split nodes must be >= 0 and split features in [0, {n_features})")
 
 
 def node_totals(slot: np.ndarray, g: np.ndarray, h: np.ndarray, n_slots: int) -> np.ndarray:

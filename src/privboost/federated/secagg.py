@@ -61,6 +61,7 @@ training — and it runs its full 4-stage key setup every round, where we need h
 
 from __future__ import annotations
 
+import os
 import secrets
 import struct
 from collections.abc import Collection
@@ -74,7 +75,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privboost.crypto import shamir
-from privboost.mpc.prg import SEED_BYTES, Prg, add_streams_into
+from privboost.mpc.prg import SEED_BYTES, Prg, add_seeded_streams, add_streams_into
 
 GRAPH_SEED_BYTES = 32
 SETUP_ROUND = -1  # round tag of the secrets committed during key setup (used by the first round)
@@ -87,6 +88,7 @@ _PURPOSE_NEXT = 2
 _HEADER = struct.Struct(">4sBBqQQ")  # magic, version, purpose, round tag, sender, recipient
 _NONCE_BYTES = 12
 _MAX_SMALL_GRAPH = 12
+UNMASK_THREADS = 2  # threads removing the masks from a round's sum (at most the cores there are)
 _X25519_BYTES = 32
 _STATE_FORMAT = "privboost/secagg-site"
 _STATE_VERSION = 1
@@ -473,8 +475,13 @@ class SecAggSite:
             opened[sender] = _split_shares(plaintext, 1 + self.config.pairwise_chunks)
         store.update(opened)
 
-    def mask(self, round_id: int, vector: np.ndarray, alive: Collection[int]) -> tuple[np.ndarray, dict[int, bytes]]:
-        """Masked copy of ``vector`` (uint64, any shape) for round ``round_id``, and packets for the next round."""
+    def mask(self, round_id: int, vector: np.ndarray, alive: Collection[int],
+             in_place: bool = False) -> tuple[np.ndarray, dict[int, bytes]]:
+        """Masked ``vector`` (uint64, any shape) for round ``round_id``, and packets for the next round.
+
+        The masked vector is a copy, or, with ``in_place`` (a contiguous vector the caller no longer needs), the
+        vector itself masked where it lies: no second vector's worth of fresh memory.
+        """
         if self._tag is None or self._own is None:
             raise SecAggError("mask before share_keys")
         if not isinstance(round_id, int) or round_id < 0:
@@ -493,7 +500,7 @@ class SecAggSite:
         if not alive <= self._alive:
             raise SecAggError(f"sites {sorted(alive - self._alive)} are not alive any more and cannot rejoin")
         b, seeds = self._own
-        masked = vector.astype(np.uint64, copy=True)
+        masked = vector if in_place and vector.flags.c_contiguous and vector.flags.writeable else vector.copy()
         streams = [(Prg(b), False)] + [(Prg(seeds[v]), self.site_id > v) for v in self._neighbours if v in alive]
         add_streams_into(masked, streams)
         previous = self._tag
@@ -697,11 +704,12 @@ class SecAggAggregator:
         total = np.zeros(shape, dtype=np.uint64)
         for y in masked.values():
             np.add(total, y, out=total)
-        streams = [(Prg(self_masks[u][0]), True) for u in sorted(survivors)]
+        streams = [(self_masks[u][0], True) for u in sorted(survivors)]
         for u in sorted(pair_seeds):
             flat = b"".join(pair_seeds[u])
             for i, v in enumerate(self.config.neighbours(u)):
                 if v in survivors:  # y_v holds +PRG(p_uv) if v < u else -PRG(p_uv)
-                    streams.append((Prg(flat[i * SEED_BYTES:(i + 1) * SEED_BYTES]), v < u))
-        add_streams_into(total, streams)
+                    streams.append((flat[i * SEED_BYTES:(i + 1) * SEED_BYTES], v < u))
+        # the sites wait for this sum: use every core the aggregator has (two here)
+        add_seeded_streams(total, streams, threads=min(UNMASK_THREADS, os.cpu_count() or 1))
         return total

@@ -147,7 +147,7 @@ class Site:
         if stage == "mask":
             self.secagg.receive(request.get("packets", {}))
             vector = self._compute(request)
-            masked, packets = self.secagg.mask(request["round"], vector, request["alive"])
+            masked, packets = self.secagg.mask(request["round"], vector, request["alive"], in_place=True)
             return {"masked": masked, "packets": packets}
         if stage == "unmask":
             return {"shares": self.secagg.unmask(request["round"], request["survivors"], request["dropped"])}
@@ -234,8 +234,8 @@ class Site:
             self.rows = RowPartition()
             self.rows.reset(self.bins, g, h, self.position)
         split_nodes = np.asarray(request["split_nodes"], np.int64)
-        self._route(request)
-        self.rows.split(self.position, split_nodes)
+        self.rows.route_and_split(self.position, split_nodes, request["split_features"], request["split_bins"],
+                                  request["default_left"], self.max_bin)
         built = 2 * split_nodes + np.where(np.asarray(request["build_left"], bool), 1, 2)
         try:
             return self.rows.fixed_histograms(built, self.max_bin, self.frac_bits, self._limit()).ravel()
