@@ -87,3 +87,15 @@ def test_routing_refuses_split_arrays_it_would_read_out_of_bounds():
     with pytest.raises(ValueError, match="split features"):
         route_rows(position, bins, np.array([0]), np.array([-1]), np.array([1]), np.array([True]), 4)
     np.testing.assert_array_equal(position, 0)
+
+
+def test_partition_histograms_refuse_bin_codes_past_the_missing_code():
+    bins = np.zeros((50, 2), np.uint8)
+    rows = RowPartition()
+    rows.reset(bins, np.ones(50), np.ones(50), np.zeros(50, np.int32))
+    assert rows.fixed_histograms(np.array([0]), 4, 16, 2.0**20)[0, 0, 0, 1] == 50 << 16  # verified once, then fast
+    bad = bins.copy()
+    bad[7, 1] = 5  # past n_bins = 4
+    rows.reset(bad, np.ones(50), np.ones(50), np.zeros(50, np.int32))
+    with pytest.raises(ValueError, match="exceeds the missing code"):
+        rows.fixed_histograms(np.array([0]), 4, 16, 2.0**20)

@@ -148,11 +148,12 @@ def _rows_by_slot(slot, n_slots):  # pragma: no cover - compiled
 
 
 @njit(cache=True, boundscheck=False)
-def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf):  # pragma: no cover - compiled
+def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf, check):  # pragma: no cover - compiled
     # rows[lo:hi] into one (F, width, 2) histogram, a block of features at a time: one block's part of the
     # buffer stays in L2 (all 100 features x 257 bins are 411 KB, and a core here has 512 KB), which measured
     # ~20% faster than all features per row though each row's bins are then read in several pieces. Within a
-    # feature, rows are still added in row order, so every sum is the same bit for bit.
+    # feature, rows are still added in row order, so every sum is the same bit for bit. ``check``: test every bin
+    # code against n_bins (bins not known to be valid; a code past it would write outside the buffer).
     bad = False
     n_features = bins.shape[1]
     per_feature = buf.shape[1] * buf.shape[2] * 8
@@ -166,7 +167,7 @@ def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf):  # pragma: no cover - co
             hj = h[r]
             for f in range(f0, f1):
                 b = bins[r, f]
-                if b > n_bins:
+                if check and b > n_bins:
                     bad = True
                     continue
                 buf[f, b, 0] += gj
@@ -195,7 +196,7 @@ def _emit(buf, s, width, scale, limit, out_float, out_fixed):  # pragma: no cove
 
 @njit(parallel=True, cache=True, boundscheck=False)
 def _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float,
-                 out_fixed):  # pragma: no cover - compiled
+                 out_fixed, check):  # pragma: no cover - compiled
     # Slots are summed one at a time in a small reused buffer that stays in cache, then written out in one
     # streaming pass: writing straight into an (S, F, width, 2) result of megabytes cost a cache miss per first
     # touch of each line. Run c takes slots cuts[c]..cuts[c+1]-1 (rows ascending within a slot, so every bin
@@ -210,7 +211,7 @@ def _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limi
     if split_rows:
         bufs = np.zeros((n_runs, n_features, padded, 2), np.float64)
         for c in prange(n_runs):
-            bad_bin[c] = _accumulate(bins, rows, cuts[c], cuts[c + 1], g, h, n_bins, bufs[c])
+            bad_bin[c] = _accumulate(bins, rows, cuts[c], cuts[c + 1], g, h, n_bins, bufs[c], check)
         for c in range(1, n_runs):
             bufs[0] += bufs[c]
         bad_value[0] = _emit(bufs[0], 0, width, scale, limit, out_float, out_fixed)
@@ -219,7 +220,7 @@ def _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limi
             buf = np.empty((n_features, padded, 2), np.float64)
             for s in range(cuts[c], cuts[c + 1]):
                 buf[:] = 0.0
-                bad_bin[c] |= _accumulate(bins, rows, starts[s], starts[s + 1], g, h, n_bins, buf)
+                bad_bin[c] |= _accumulate(bins, rows, starts[s], starts[s + 1], g, h, n_bins, buf, check)
                 bad_value[c] |= _emit(buf, s, width, scale, limit, out_float, out_fixed)
     return 1 if bad_bin.any() else (2 if bad_value.any() else 0)
 
@@ -257,14 +258,16 @@ def _checked_inputs(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h: np.nda
     return np.ascontiguousarray(bins), slot, g, h
 
 
-def _run_histograms(bins, rows, starts, g, h, n_bins, out_float, out_fixed, scale=1.0, limit=0.0) -> None:
+def _run_histograms(bins, rows, starts, g, h, n_bins, out_float, out_fixed, scale=1.0, limit=0.0,
+                    check=True) -> None:
     """Fill ``out_float`` or ``out_fixed`` with the histogram of each slot k = rows[starts[k]:starts[k+1]]."""
     if bins.shape[1] == 0 or starts.size < 2:
         out_float[...] = 0.0
         out_fixed[...] = 0
         return
     cuts, split_rows = _cuts(starts)
-    status = _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float, out_fixed)
+    status = _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limit, out_float, out_fixed,
+                          check)
     if status == 1:
         raise ValueError(f"a bin index exceeds the missing code {n_bins}: bins and n_bins disagree")
     if status == 2:
@@ -298,20 +301,28 @@ def build_fixed_histograms(bins: np.ndarray, slot: np.ndarray, g: np.ndarray, h:
 
 
 def build_fixed_histograms_at(bins: np.ndarray, g: np.ndarray, h: np.ndarray, ranges: list[tuple[int, int]],
-                              n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
+                              n_bins: int, frac_bits: int, bound: float, bins_checked: bool = False) -> np.ndarray:
     """`build_fixed_histograms` where slot k is the contiguous run of rows ``ranges[k] = (start, end)`` (rows kept
-    grouped by node, see `privboost.federated.partition`): rows are read front to back, in row order."""
+    grouped by node, see `privboost.federated.partition`): rows are read front to back, in row order.
+
+    ``bins_checked``: the caller has verified every code is <= ``n_bins`` (`bins_within`), so the kernel skips the
+    per-value test; without it a code past ``n_bins`` raises ValueError."""
     lengths = np.array([end - start for start, end in ranges], np.int64)
     rows = np.concatenate([np.arange(start, end, dtype=np.int64) for start, end in ranges] or [np.zeros(0, np.int64)])
     starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return _fixed(np.ascontiguousarray(bins), rows, starts, np.ascontiguousarray(g, np.float64),
-                  np.ascontiguousarray(h, np.float64), n_bins, frac_bits, bound)
+                  np.ascontiguousarray(h, np.float64), n_bins, frac_bits, bound, check=not bins_checked)
 
 
-def _fixed(bins, rows, starts, g, h, n_bins, frac_bits, bound) -> np.ndarray:
+def bins_within(bins: np.ndarray, n_bins: int) -> bool:
+    """True if every code of ``bins`` is at most ``n_bins`` (the missing code): safe for unchecked histograms."""
+    return bins.size == 0 or int(bins.max()) <= n_bins
+
+
+def _fixed(bins, rows, starts, g, h, n_bins, frac_bits, bound, check=True) -> np.ndarray:
     out = np.empty((starts.size - 1, bins.shape[1], n_bins + 1, 2), np.uint64)
     _run_histograms(bins, rows, starts, g, h, n_bins, _NO_FLOAT, out, float(2.0 ** frac_bits),
-                    float(bound) * 2.0 ** frac_bits)
+                    float(bound) * 2.0 ** frac_bits, check)
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from privboost.federated.histograms import build_fixed_histograms_at, check_splits
+from privboost.federated.histograms import bins_within, build_fixed_histograms_at, check_splits
 from privboost.federated.histograms import warm_up as warm_up_histograms
 
 
@@ -102,11 +102,15 @@ class RowPartition:
         self.g = self.h = np.zeros(0)
         self.ranges: dict[int, tuple[int, int]] = {}
         self._buffers: list[np.ndarray] = []
+        self._source: np.ndarray | None = None  # the bins last given to reset; every arrangement holds its rows
+        self._source_within: int | None = None  # and the n_bins they were verified against
 
     def reset(self, bins: np.ndarray, g: np.ndarray, h: np.ndarray, position: np.ndarray) -> None:
         """Arrange ``bins`` (n, F) and gradients ``g``/``h`` (n,) by each row's node, ``position`` (n,)."""
         position = np.asarray(position)
         g, h = np.asarray(g, np.float64), np.asarray(h, np.float64)
+        if bins is not self._source:
+            self._source, self._source_within = bins, None
         if np.all(position == position[:1]):  # one node (the root): the original layout is the arrangement
             self.order = np.arange(position.size, dtype=np.int64)
             self.bins, self.g, self.h = bins, g, h
@@ -175,7 +179,10 @@ class RowPartition:
     def fixed_histograms(self, nodes: np.ndarray, n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
         """`build_fixed_histograms` of the rows of each node in ``nodes`` (one slot per node, in that order)."""
         ranges = [self.ranges.get(int(node), (0, 0)) for node in nodes]
-        return build_fixed_histograms_at(self.bins, self.g, self.h, ranges, n_bins, frac_bits, bound)
+        if self._source_within != n_bins and self._source is not None and bins_within(self._source, n_bins):
+            self._source_within = n_bins  # verified once per bin matrix, not per histogram (a pass over it)
+        return build_fixed_histograms_at(self.bins, self.g, self.h, ranges, n_bins, frac_bits, bound,
+                                         bins_checked=self._source_within == n_bins)
 
 
 def warm_up() -> None:
