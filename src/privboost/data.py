@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -11,6 +12,16 @@ import pandas as pd
 
 class DataError(ValueError):
     """An input table is missing, unreadable or does not fit the model."""
+
+
+def warm_up_readers() -> None:
+    """Import the Parquet reader now: pandas imports some twenty pyarrow modules on the first read (~0.15 s), so a
+    process that forks readers calls this once rather than every fork paying it."""
+    for module in ("pyarrow.parquet", "pyarrow.dataset", "pyarrow.pandas_compat"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # no pyarrow: reading Parquet fails later with its own message
+            return
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

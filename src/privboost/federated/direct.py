@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from privboost.data import warm_up_readers
 from privboost.federated.aggregator import FederatedAggregator, FederatedError, FederatedParams, Progress
 from privboost.federated.messages import flatten, payload_bytes, unflatten
 from privboost.federated.partition import warm_up
@@ -276,6 +277,7 @@ def launch_sites(sites: list[tuple[int, str, CertPaths]], label: str, host: str,
               file=sys.stderr)
         return 2
     warm_up()  # compiled kernels loaded once here, inherited by every fork
+    warm_up_readers()
     children: dict[int, int] = {}
     for index, path, certs in sites:
         sys.stdout.flush()
