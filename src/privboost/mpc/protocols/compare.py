@@ -3,7 +3,7 @@
 Constructions and leakage:
   * `ltz` (x < 0): MSB extraction over XOR shares: the carry into bit 63 of x0 + x1 by a carry-lookahead tree
     (boolean.msb), then the top bit is converted back with a dealer daBit (boolean.b2a_bits). Exact for every x in
-    Z_2^64 read as two's complement. 8 rounds; each party sends 14 words + 1 bit per comparison. Leaks nothing
+    Z_2^64 read as two's complement. 8 rounds; each party sends ~6 words + 1 bit per comparison. Leaks nothing
     (only uniformly masked values are opened).
   * `lt`, `le`, `gt`, `ge`: ltz of a difference; exact when the difference does not wrap, i.e. |x - y| < 2^63.
   * `eq`: party 0 holds a = d0 and party 1 holds b = -d1 for d = x - y, so x == y iff a == b iff NOT(a XOR b) is all
