@@ -56,3 +56,17 @@ def feature_matrix(table: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
             column = numeric
         out[:, j] = column.to_numpy(dtype=np.float32, na_value=np.nan)
     return np.ascontiguousarray(out)
+
+
+def write_table(table: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write CSV or Parquet (by extension) atomically: a failure leaves no partial file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        if target.suffix.lower() in (".parquet", ".pq"):
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
