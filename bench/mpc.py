@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from privboost.mpc.kernels import matmul_tn  # noqa: E402
 from privboost.mpc.protocols.arithmetic import matmul_fixed_t, precompute_products, share_fixed_operand  # noqa: E402
-from privboost.mpc.protocols.boolean import warm_up as boolean_warm_up  # noqa: E402
 from privboost.mpc.protocols.compare import ltz  # noqa: E402
 from privboost.mpc.protocols.fixedpoint import reciprocal  # noqa: E402
+from privboost.mpc.protocols.fixedpoint import warm_up as kernels_warm_up  # noqa: E402
 from privboost.mpc.protocols.shuffle import (  # noqa: E402
     SharedPermutationBatch,
     ShuffleBatch,
@@ -125,7 +125,7 @@ def mpc_bench(party: Party, params: dict) -> dict:
     # -- comparisons and reciprocals ----------------------------------------------------------------------------
     count = params["comparisons"]
     values = party.input(0, encode_fixed(data.normal(size=count) * 100) if party.party_id == 0 else None)
-    boolean_warm_up()  # loading the compiled carry-tree kernels is a one-off of the process, not of a comparison
+    kernels_warm_up()  # loading compiled kernels is a one-off of the process, not of a comparison or reciprocal
     start, sent0, dealer0 = time.perf_counter(), _sent(party), _dealer_received(party)
     ltz(party, values)
     elapsed = time.perf_counter() - start

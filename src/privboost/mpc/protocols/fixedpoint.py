@@ -25,10 +25,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
-from privboost.mpc.dealer import word_bits
 from privboost.mpc.protocols.arithmetic import add_public, mul, truncate
 from privboost.mpc.protocols.boolean import a2b, bit_injection, or_words
+from privboost.mpc.protocols.boolean import warm_up as boolean_warm_up
 from privboost.mpc.protocols.compare import ltz
 from privboost.mpc.ring import DTYPE, SAFE_MAGNITUDE_BITS, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
@@ -53,23 +54,45 @@ def _newton_reciprocal(party: Party, x: np.ndarray, bits: int) -> np.ndarray:
     return y
 
 
+@njit(cache=True, boundscheck=False)
+def _weighted_bits(c, r_bits, width, leader):  # pragma: no cover - compiled
+    # sum_j r_j·w_j·(1 − 2c_j) (+ sum_j c_j·w_j for the leader), w_j = 2^(width-1-j), mod 2^64, per element
+    out = np.empty(c.size, np.uint64)
+    one = np.uint64(1)
+    for i in range(c.size):
+        word = c[i]
+        acc = np.uint64(0)
+        for j in range(width):
+            weight = one << np.uint64(width - 1 - j)
+            if (word >> np.uint64(j)) & one:
+                acc -= r_bits[i, j] * weight  # w_j·(1 − 2) = −w_j
+                if leader:
+                    acc += weight
+            else:
+                acc += r_bits[i, j] * weight
+        out[i] = acc
+    return out
+
+
 def _msb_scale(party: Party, one_hot: np.ndarray, width: int) -> np.ndarray:
     """Arithmetic shares of sum_j b_j·2^(width-1-j) for XOR-shared words b (bits >= width are 0).
 
     Bit injection (daBits) fused with the public weights: with r the dealer's random word, c = b XOR r opened and
     r_j arithmetic-shared, b_j = c_j + r_j − 2·c_j·r_j, so the weighted sum is sum_j r_j·w_j·(1 − 2c_j) plus the
-    public sum_j c_j·w_j (added by party 0) — one pass over the bits instead of materialising every b_j.
+    public sum_j c_j·w_j (added by party 0) — one compiled pass over the bits, no per-bit arrays.
     """
     words = np.asarray(one_hot, DTYPE)
     r_words, r_bits = party.correlations.random_word_bits(words.shape, width)
     c = party.open_bool(words ^ r_words)
-    weights = np.array([1 << (width - 1 - j) for j in range(width)], dtype=DTYPE)
-    c_bits = word_bits(c, width)
-    signed = weights - ((c_bits * weights) << np.uint64(1))  # w_j·(1 − 2c_j) mod 2^64
-    share = np.einsum("...j,...j->...", r_bits, signed)
-    if party.is_leader:
-        share = share + (c_bits * weights).sum(axis=-1, dtype=DTYPE)
-    return share
+    share = _weighted_bits(np.ascontiguousarray(c).reshape(-1), np.ascontiguousarray(r_bits).reshape(-1, width),
+                           width, party.is_leader)
+    return share.reshape(words.shape)
+
+
+def warm_up() -> None:
+    """Load the compiled kernels of comparisons and reciprocals (numba's cache) now, not inside the first call."""
+    boolean_warm_up()
+    _weighted_bits(np.zeros(2, DTYPE), np.zeros((2, 3), DTYPE), 3, True)
 
 
 def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
