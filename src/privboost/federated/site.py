@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import get_num_threads
 
 from privboost.data import DataError, feature_matrix, read_table
 from privboost.federated import sketch
@@ -148,9 +147,7 @@ class Site:
         if stage == "mask":
             self.secagg.receive(request.get("packets", {}))
             vector = self._compute(request)
-            # as many threads as the site's compiled kernels may use (one per site when sites share a machine)
-            masked, packets = self.secagg.mask(request["round"], vector, request["alive"], in_place=True,
-                                               threads=get_num_threads())
+            masked, packets = self.secagg.mask(request["round"], vector, request["alive"], in_place=True)
             return {"masked": masked, "packets": packets}
         if stage == "unmask":
             return {"shares": self.secagg.unmask(request["round"], request["survivors"], request["dropped"])}
