@@ -22,11 +22,29 @@ from privboost.federated.histograms import warm_up as warm_up_histograms
 
 
 @njit(cache=True, boundscheck=False)
+def _move_range(order, bins, g, h, goes_left, s, e, n_left, out_order, out_bins, out_g,
+                out_h):  # pragma: no cover - compiled
+    # rows s..e-1 into the output: those going left first, then the rest, each group in its original order
+    w_left, w_right = s, s + n_left
+    for i in range(s, e):
+        if goes_left[i]:
+            w = w_left
+            w_left += 1
+        else:
+            w = w_right
+            w_right += 1
+        out_order[w] = order[i]
+        out_g[w] = g[i]
+        out_h[w] = h[i]
+        for j in range(bins.shape[1]):
+            out_bins[w, j] = bins[i, j]
+
+
+@njit(cache=True, boundscheck=False)
 def _partition_kernel(order, bins, g, h, position, starts, ends, split, out_order, out_bins, out_g,
                       out_h, left_ends):  # pragma: no cover - compiled
     # every range is copied; a split range is stably partitioned: rows now in its left child (odd heap index
     # 2p+1) first, then those in its right child (2p+2)
-    n_features = bins.shape[1]
     goes_left = np.empty(order.size, np.bool_)
     for q in range(starts.size):
         s, e = starts[q], ends[q]
@@ -35,19 +53,7 @@ def _partition_kernel(order, bins, g, h, position, starts, ends, split, out_orde
             goes_left[i] = (not split[q]) or position[order[i]] % 2 == 1
             n_left += goes_left[i]
         left_ends[q] = s + n_left
-        w_left, w_right = s, s + n_left
-        for i in range(s, e):
-            if goes_left[i]:
-                w = w_left
-                w_left += 1
-            else:
-                w = w_right
-                w_right += 1
-            out_order[w] = order[i]
-            out_g[w] = g[i]
-            out_h[w] = h[i]
-            for f in range(n_features):
-                out_bins[w, f] = bins[i, f]
+        _move_range(order, bins, g, h, goes_left, s, e, n_left, out_order, out_bins, out_g, out_h)
 
 
 @njit(cache=True, boundscheck=False)
@@ -56,7 +62,6 @@ def _route_partition_kernel(order, bins, g, h, position, starts, ends, nodes, sp
                             left_ends):  # pragma: no cover - compiled
     # routing and the partition in one pass: a split range's rows are read where they lie (contiguous), each
     # row's child is decided from its bin as `histograms.route_rows` decides it and written to ``position``
-    n_features = bins.shape[1]
     goes_left = np.empty(order.size, np.bool_)
     for q in range(starts.size):
         s, e = starts[q], ends[q]
@@ -75,19 +80,7 @@ def _route_partition_kernel(order, bins, g, h, position, starts, ends, nodes, sp
             for i in range(s, e):
                 goes_left[i] = True
         left_ends[q] = s + n_left
-        w_left, w_right = s, s + n_left
-        for i in range(s, e):
-            if goes_left[i]:
-                w = w_left
-                w_left += 1
-            else:
-                w = w_right
-                w_right += 1
-            out_order[w] = order[i]
-            out_g[w] = g[i]
-            out_h[w] = h[i]
-            for j in range(n_features):
-                out_bins[w, j] = bins[i, j]
+        _move_range(order, bins, g, h, goes_left, s, e, n_left, out_order, out_bins, out_g, out_h)
 
 
 class RowPartition:
