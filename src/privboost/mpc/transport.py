@@ -41,7 +41,6 @@ KIND_ARRAY, KIND_BYTES, KIND_ABORT, KIND_CLOSE = 1, 2, 3, 4
 ALLOWED_DTYPES = {"<u8", "<i8", "|u1", "<f8", "<f4", "<i4", "|b1"}  # plain numbers only: never object arrays
 MAX_HEADER = 1024
 MAX_PAYLOAD = 1 << 40
-LARGE_FRAME = 1 << 20  # payloads from this size up are received into numpy buffers (see _receive_buffer)
 DEFAULT_TIMEOUT_S = 60.0
 _SEND_CHUNK = 1 << 20  # bytes handed to one non-blocking TLS write in `SocketChannel.exchange`
 
@@ -85,13 +84,7 @@ def _array_header(arr: np.ndarray) -> bytes:
     return f"{arr.dtype.str};{','.join(str(d) for d in arr.shape)}".encode()
 
 
-def _receive_buffer(size: int) -> bytearray | np.ndarray:
-    """A buffer to receive ``size`` bytes into. Large ones are numpy arrays: not zero-filled first, and numpy asks
-    the kernel for huge pages, so a megabytes-long frame does not pay a page fault every 4 KiB."""
-    return np.empty(size, np.uint8) if size >= LARGE_FRAME else bytearray(size)
-
-
-def _parse_array(header: bytes, payload: bytes | bytearray | np.ndarray) -> np.ndarray:
+def _parse_array(header: bytes, payload: bytes | bytearray) -> np.ndarray:
     dtype_str, _, shape_str = header.decode().partition(";")
     if dtype_str not in ALLOWED_DTYPES:
         raise TransportError(f"peer sent an array of unsupported dtype {dtype_str!r}")
@@ -134,7 +127,7 @@ class Channel(ABC):
         kind, header, payload = self._recv_frame()
         return self._check_frame(kind, header, payload, expected_kind)
 
-    def _check_frame(self, kind: int, header: bytes, payload: bytes | bytearray | np.ndarray,
+    def _check_frame(self, kind: int, header: bytes, payload: bytes | bytearray,
                      expected_kind: int) -> tuple[bytes, bytes | bytearray]:
         """Count a received frame; turn abort/close frames into exceptions; check the kind."""
         self.stats.bytes_received += PREFIX.size + len(header) + len(payload)
@@ -342,8 +335,8 @@ class SocketChannel(Channel):
         self._start_frame(kind, header, payload)
         self._pump(receive=False, timeout_s=self.timeout_s)
 
-    def _recv_exact(self, count: int) -> bytearray | np.ndarray:
-        buf = _receive_buffer(count)
+    def _recv_exact(self, count: int) -> bytearray:
+        buf = bytearray(count)
         view = memoryview(buf)
         got = 0
         try:
@@ -420,7 +413,7 @@ class SocketChannel(Channel):
                                 raise TransportError(f"malformed frame from {self.peer_name}")
                             stage, buf, got = 1, bytearray(header_len), 0
                         elif stage == 1:
-                            stage, header, buf, got = 2, bytes(buf), _receive_buffer(payload_len), 0
+                            stage, header, buf, got = 2, bytes(buf), bytearray(payload_len), 0
                         else:
                             receiving = False
                         continue
