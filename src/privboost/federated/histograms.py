@@ -204,6 +204,8 @@ def _hist_kernel(bins, rows, starts, g, h, n_bins, cuts, split_rows, scale, limi
     # buffer, the buffers then added in run order. Returns 1 for a bin code past n_bins, 2 for an encoding overflow.
     n_features = bins.shape[1]
     width = n_bins + 1
+    # a feature's (width x 2) float64 slab within a cache line of a multiple of 4 KiB (257 bins = 4 KiB + 16 B)
+    # would put a row's F updates into the same few cache sets: pad such widths by 4 bins
     padded = width + 4 if (width * 16) % 4096 < 80 or (width * 16) % 4096 > 4096 - 80 else width
     n_runs = cuts.size - 1
     bad_bin = np.zeros(n_runs, np.bool_)

@@ -125,21 +125,12 @@ class RowPartition:
     def split(self, position: np.ndarray, parents: np.ndarray) -> None:
         """Move the rows of every node in ``parents`` into its two children's ranges, after ``position`` (each
         original row's node, already updated by routing) says which child each row went to."""
-        nodes = sorted(self.ranges, key=lambda node: self.ranges[node][0])
-        starts = np.array([self.ranges[node][0] for node in nodes], np.int64)
-        ends = np.array([self.ranges[node][1] for node in nodes], np.int64)
-        split = np.isin(np.array(nodes, np.int64), np.asarray(parents, np.int64))
-        target = self._target()
-        out_order, out_g, out_h = np.empty_like(self.order), np.empty_like(self.g), np.empty_like(self.h)
-        left_ends = np.zeros(len(nodes), np.int64)
-        _partition_kernel(self.order, self.bins, self.g, self.h, position, starts, ends, split, out_order, target,
-                          out_g, out_h, left_ends)
-        self.order, self.bins, self.g, self.h = out_order, target, out_g, out_h
-        for node, s, e, m, is_split in zip(nodes, starts, ends, left_ends, split, strict=True):
-            if is_split:
-                del self.ranges[node]
-                self.ranges[2 * node + 1] = (int(s), int(m))
-                self.ranges[2 * node + 2] = (int(m), int(e))
+        nodes, starts, ends = self._ranges_in_order()
+        split = np.isin(nodes, np.asarray(parents, np.int64))
+        left_ends = np.zeros(nodes.size, np.int64)
+        outputs = self._outputs()
+        _partition_kernel(self.order, self.bins, self.g, self.h, position, starts, ends, split, *outputs, left_ends)
+        self._adopt(outputs, nodes, starts, ends, left_ends, split)
 
     def route_and_split(self, position: np.ndarray, split_nodes: np.ndarray, split_features: np.ndarray,
                         split_bins: np.ndarray, default_left: np.ndarray, missing: int) -> None:
@@ -147,27 +138,37 @@ class RowPartition:
         place in ``position``, int32 heap indices of the original rows), and move them into the children's ranges,
         in one pass over the arranged rows: same result as ``route_rows`` then `split`, without a second pass
         reading one byte of every row in the original layout."""
-        nodes = sorted(self.ranges, key=lambda node: self.ranges[node][0])
-        starts = np.array([self.ranges[node][0] for node in nodes], np.int64)
-        ends = np.array([self.ranges[node][1] for node in nodes], np.int64)
         split_nodes = np.asarray(split_nodes, np.int64)
         split_features = np.asarray(split_features, np.int64)
         split_bins, default_left = np.asarray(split_bins, np.int64), np.asarray(default_left, np.bool_)
         check_splits(split_nodes, split_features, split_bins, default_left, self.bins.shape[1])
+        nodes, starts, ends = self._ranges_in_order()
         index = {int(node): k for k, node in enumerate(split_nodes)}
-        split_k = np.array([index.get(node, -1) for node in nodes], np.int64)
-        target = self._target()
-        out_order, out_g, out_h = np.empty_like(self.order), np.empty_like(self.g), np.empty_like(self.h)
-        left_ends = np.zeros(len(nodes), np.int64)
-        _route_partition_kernel(self.order, self.bins, self.g, self.h, position, starts, ends,
-                                np.array(nodes, np.int64), split_k, split_features, split_bins, default_left,
-                                int(missing), out_order, target, out_g, out_h, left_ends)
-        self.order, self.bins, self.g, self.h = out_order, target, out_g, out_h
-        for node, s, e, m, k in zip(nodes, starts, ends, left_ends, split_k, strict=True):
-            if k >= 0:
-                del self.ranges[node]
-                self.ranges[2 * node + 1] = (int(s), int(m))
-                self.ranges[2 * node + 2] = (int(m), int(e))
+        split_k = np.array([index.get(int(node), -1) for node in nodes], np.int64)
+        left_ends = np.zeros(nodes.size, np.int64)
+        outputs = self._outputs()
+        _route_partition_kernel(self.order, self.bins, self.g, self.h, position, starts, ends, nodes, split_k,
+                                split_features, split_bins, default_left, int(missing), *outputs, left_ends)
+        self._adopt(outputs, nodes, starts, ends, left_ends, split_k >= 0)
+
+    def _ranges_in_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(nodes, starts, ends) of the current ranges, in the order they lie."""
+        nodes = np.array(sorted(self.ranges, key=lambda node: self.ranges[node][0]), np.int64)
+        bounds = np.array([self.ranges[int(node)] for node in nodes], np.int64).reshape(-1, 2)
+        return nodes, np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+
+    def _outputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Where a rearrangement writes: order, bins (a reused buffer), g, h."""
+        return np.empty_like(self.order), self._target(), np.empty_like(self.g), np.empty_like(self.h)
+
+    def _adopt(self, outputs: tuple, nodes: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+               left_ends: np.ndarray, split: np.ndarray) -> None:
+        """Take the rearranged rows; each split node's range becomes its two children's."""
+        self.order, self.bins, self.g, self.h = outputs
+        for node, s, e, m in zip(nodes[split], starts[split], ends[split], left_ends[split], strict=True):
+            del self.ranges[int(node)]
+            self.ranges[2 * int(node) + 1] = (int(s), int(m))
+            self.ranges[2 * int(node) + 2] = (int(m), int(e))
 
     def fixed_histograms(self, nodes: np.ndarray, n_bins: int, frac_bits: int, bound: float) -> np.ndarray:
         """`build_fixed_histograms` of the rows of each node in ``nodes`` (one slot per node, in that order)."""

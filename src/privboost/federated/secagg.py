@@ -475,13 +475,12 @@ class SecAggSite:
             opened[sender] = _split_shares(plaintext, 1 + self.config.pairwise_chunks)
         store.update(opened)
 
-    def mask(self, round_id: int, vector: np.ndarray, alive: Collection[int], in_place: bool = False,
-             threads: int = 1) -> tuple[np.ndarray, dict[int, bytes]]:
+    def mask(self, round_id: int, vector: np.ndarray, alive: Collection[int],
+             in_place: bool = False) -> tuple[np.ndarray, dict[int, bytes]]:
         """Masked ``vector`` (uint64, any shape) for round ``round_id``, and packets for the next round.
 
         The masked vector is a copy, or, with ``in_place`` (a contiguous vector the caller no longer needs), the
-        vector itself masked where it lies: no second vector's worth of fresh memory. ``threads``: how many threads
-        expand the masks (the same words whatever the count).
+        vector itself masked where it lies: no second vector's worth of fresh memory.
         """
         if self._tag is None or self._own is None:
             raise SecAggError("mask before share_keys")
@@ -503,7 +502,7 @@ class SecAggSite:
         b, seeds = self._own
         masked = vector if in_place and vector.flags.c_contiguous and vector.flags.writeable else vector.copy()
         streams = [(b, False)] + [(seeds[v], self.site_id > v) for v in self._neighbours if v in alive]
-        add_seeded_streams(masked, streams, threads=max(1, threads))
+        add_seeded_streams(masked, streams)
         previous = self._tag
         packets = self._commit(round_id, alive)
         for tag in [tag for tag in self._held if tag not in (previous, round_id)]:
