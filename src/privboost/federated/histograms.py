@@ -154,11 +154,52 @@ def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf, check):  # pragma: no cov
     # ~20% faster than all features per row though each row's bins are then read in several pieces. Within a
     # feature, rows are still added in row order, so every sum is the same bit for bit. ``check``: test every bin
     # code against n_bins (bins not known to be valid; a code past it would write outside the buffer).
-    bad = False
     n_features = bins.shape[1]
     per_feature = buf.shape[1] * buf.shape[2] * 8
     n_blocks = max(1, (n_features * per_feature + _BLOCK_BYTES - 1) // _BLOCK_BYTES)
     block = (n_features + n_blocks - 1) // n_blocks
+    if check:
+        return _accumulate_checked(bins, rows, lo, hi, g, h, n_bins, buf, block)
+    for f0 in range(0, n_features, block):
+        f1 = min(n_features, f0 + block)
+        # four rows per pass over the block's features: their updates are independent unless two rows share a
+        # bin, so the core overlaps them instead of waiting on one load-add-store chain (measured 1.3-1.5x).
+        # Each bin still receives its rows in ascending order: the same sums bit for bit.
+        j = lo
+        while j + 3 < hi:
+            r0, r1, r2, r3 = rows[j], rows[j + 1], rows[j + 2], rows[j + 3]
+            g0, h0, g1, h1 = g[r0], h[r0], g[r1], h[r1]
+            g2, h2, g3, h3 = g[r2], h[r2], g[r3], h[r3]
+            for f in range(f0, f1):
+                b = bins[r0, f]
+                buf[f, b, 0] += g0
+                buf[f, b, 1] += h0
+                b = bins[r1, f]
+                buf[f, b, 0] += g1
+                buf[f, b, 1] += h1
+                b = bins[r2, f]
+                buf[f, b, 0] += g2
+                buf[f, b, 1] += h2
+                b = bins[r3, f]
+                buf[f, b, 0] += g3
+                buf[f, b, 1] += h3
+            j += 4
+        while j < hi:
+            r = rows[j]
+            gj, hj = g[r], h[r]
+            for f in range(f0, f1):
+                b = bins[r, f]
+                buf[f, b, 0] += gj
+                buf[f, b, 1] += hj
+            j += 1
+    return False
+
+
+@njit(cache=True, boundscheck=False)
+def _accumulate_checked(bins, rows, lo, hi, g, h, n_bins, buf, block):  # pragma: no cover - compiled
+    # `_accumulate` testing every code first (the first pass over a bin matrix not yet known to be valid)
+    bad = False
+    n_features = bins.shape[1]
     for f0 in range(0, n_features, block):
         f1 = min(n_features, f0 + block)
         for j in range(lo, hi):
@@ -167,7 +208,7 @@ def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf, check):  # pragma: no cov
             hj = h[r]
             for f in range(f0, f1):
                 b = bins[r, f]
-                if check and b > n_bins:
+                if b > n_bins:
                     bad = True
                     continue
                 buf[f, b, 0] += gj
