@@ -225,6 +225,12 @@ def test_seeded_streams_in_parts_equal_whole_streams(size, threads):
     got = start.copy()
     add_seeded_streams(got, list(zip(seeds, signs, strict=True)), threads=threads)
     np.testing.assert_array_equal(got, want)
+    extra = [np.arange(size, dtype=DTYPE) * np.uint64(k + 3) - np.uint64(2**63) for k in range(2)]
+    summed = start.copy()  # arrays added in the same pass: the plain modular sum
+    add_seeded_streams(summed, list(zip(seeds, signs, strict=True)), threads=threads, arrays=tuple(extra))
+    np.testing.assert_array_equal(summed, want + extra[0] + extra[1])
+    with pytest.raises(ValueError, match="as many elements"):
+        add_seeded_streams(start.copy(), [], arrays=(np.zeros(size + 1, DTYPE),))
     whole = Prg(seeds[0]).words(size + 6)
     np.testing.assert_array_equal(Prg(seeds[0], start_word=6).words(size), whole[6:])  # a stream from an offset
     with pytest.raises(ValueError, match="even"):

@@ -702,8 +702,6 @@ class SecAggAggregator:
         self_masks = self._reconstruct(b_jobs, SEED_BYTES, "self-mask seed")
         pair_seeds = self._reconstruct(p_jobs, 2 * SEED_BYTES, "pairwise seeds")
         total = np.zeros(shape, dtype=np.uint64)
-        for y in masked.values():
-            np.add(total, y, out=total)
         streams = [(self_masks[u][0], True) for u in sorted(survivors)]
         for u in sorted(pair_seeds):
             flat = b"".join(pair_seeds[u])
@@ -711,5 +709,6 @@ class SecAggAggregator:
                 if v in survivors:  # y_v holds +PRG(p_uv) if v < u else -PRG(p_uv)
                     streams.append((flat[i * SEED_BYTES:(i + 1) * SEED_BYTES], v < u))
         # the sites wait for this sum: use every core the aggregator has (two here)
-        add_seeded_streams(total, streams, threads=min(UNMASK_THREADS, os.cpu_count() or 1))
+        add_seeded_streams(total, streams, threads=min(UNMASK_THREADS, os.cpu_count() or 1),
+                           arrays=tuple(np.asarray(y) for y in masked.values()))
         return total

@@ -70,17 +70,21 @@ class Prg:
         return np.argsort(self.words(size), kind="stable").astype(np.int64)
 
 
-def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]]) -> None:
-    """``out += ±words`` of every (prg, subtract) stream, mod 2^64 in place, for a contiguous uint64 ``out``.
+def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]], arrays: tuple[np.ndarray, ...] = ()) -> None:
+    """``out += ±words`` of every (prg, subtract) stream, mod 2^64 in place, for a contiguous uint64 ``out``; and
+    ``+= a`` for every array ``a`` of ``arrays`` (uint64, ``out.size`` elements).
 
     Each prg draws ``out.size`` words, exactly as a separate ``prg.add_into(out, subtract)`` would. The loop runs
-    over slices of ``out`` and, inside, over the streams, through one small reused buffer: no array of a stream's
-    size is allocated (page faults of fresh memory cost more than the AES) and each slice of ``out`` is read and
-    written once from memory rather than once per stream.
+    over slices of ``out`` and, inside, over the arrays and the streams, through one small reused buffer: no array
+    of a stream's size is allocated (page faults of fresh memory cost more than the AES) and each slice of ``out``
+    is read and written once from memory rather than once per stream or array.
     """
     flat = out.reshape(-1)
     if flat.dtype != DTYPE or not flat.flags.c_contiguous:
         raise ValueError("add_streams_into needs a contiguous uint64 array")
+    addends = [np.asarray(a).reshape(-1) for a in arrays]
+    if any(a.dtype != DTYPE or a.size != flat.size for a in addends):
+        raise ValueError("arrays must be uint64 with as many elements as out")
     for prg, _ in streams:
         prg.words_drawn += flat.size
     per_chunk = _STREAM_CHUNK // 8
@@ -92,13 +96,17 @@ def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]]) -> None:
         count = min(per_chunk, flat.size - start)
         target = flat[start:start + count]
         source = zeros if count == per_chunk else _ZEROS[:8 * count]
+        for addend in addends:
+            np.add(target, addend[start:start + count], out=target)
         for prg, subtract in streams:
             prg._encryptor.update_into(source, view[:8 * count + 15])
             (np.subtract if subtract else np.add)(target, stream[:count], out=target)
 
 
-def add_seeded_streams(out: np.ndarray, streams: list[tuple[bytes, bool]], threads: int = 1) -> None:
-    """``out += ±Prg(seed).words(out.size)`` for every (seed, subtract), mod 2^64 in place, contiguous uint64 ``out``.
+def add_seeded_streams(out: np.ndarray, streams: list[tuple[bytes, bool]], threads: int = 1,
+                       arrays: tuple[np.ndarray, ...] = ()) -> None:
+    """``out += ±Prg(seed).words(out.size)`` for every (seed, subtract), and ``+= a`` for every uint64 array ``a``
+    of ``arrays`` (``out.size`` elements), mod 2^64 in place, contiguous uint64 ``out``.
 
     The same result as `add_streams_into` with fresh generators, computed by ``threads`` threads on consecutive
     parts of ``out``, each starting every stream at its part's offset (AES-CTR is seekable; AES and numpy release
@@ -107,12 +115,16 @@ def add_seeded_streams(out: np.ndarray, streams: list[tuple[bytes, bool]], threa
     flat = out.reshape(-1)
     if flat.dtype != DTYPE or not flat.flags.c_contiguous:
         raise ValueError("add_seeded_streams needs a contiguous uint64 array")
+    addends = [np.asarray(a).reshape(-1) for a in arrays]
+    if any(a.dtype != DTYPE or a.size != flat.size for a in addends):
+        raise ValueError("arrays must be uint64 with as many elements as out")
     step = -(-flat.size // max(1, threads))
     step += step % 2
     bounds = [(lo, min(flat.size, lo + step)) for lo in range(0, flat.size, max(step, 2))]
 
     def part(lo: int, hi: int) -> None:
-        add_streams_into(flat[lo:hi], [(Prg(seed, lo), subtract) for seed, subtract in streams])
+        add_streams_into(flat[lo:hi], [(Prg(seed, lo), subtract) for seed, subtract in streams],
+                         tuple(a[lo:hi] for a in addends))
 
     if len(bounds) <= 1:
         for lo, hi in bounds:
