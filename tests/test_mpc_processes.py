@@ -387,6 +387,32 @@ def test_duplex_exchange_matches_sequential_framing(tls_pair):
     assert a.stats.messages_sent == b.stats.messages_received == 5 and a.stats.rounds == 5
 
 
+def test_received_arrays_reuse_buffers_only_once_nothing_refers_to_them(tls_pair):
+    a, b = tls_pair
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 2**63, n, dtype=np.uint64) for n in (40_000, 40_000, 30_000, 40_000, 100)]
+
+    def send_all():
+        for frame in frames:
+            b.send_array(frame)
+
+    thread, _ = _in_thread(send_all)
+    first = a.recv_array()
+    address = first.__array_interface__["data"][0]
+    second = a.recv_array()  # `first` is alive: a different buffer, and `first` keeps its values
+    assert second.__array_interface__["data"][0] != address
+    assert np.array_equal(first, frames[0]) and np.array_equal(second, frames[1])
+    first[:] = 0  # received arrays are the caller's to write
+    del first
+    third = a.recv_array()  # smaller, into the freed buffer: no fresh memory
+    assert third.__array_interface__["data"][0] == address and np.array_equal(third, frames[2])
+    fourth = a.recv_array()  # `second` and `third` alive: neither of their buffers
+    assert np.array_equal(second, frames[1]) and np.array_equal(third, frames[2])
+    assert np.array_equal(fourth, frames[3])
+    assert np.array_equal(a.recv_array(), frames[4])  # small frames: fresh memory
+    thread.join()
+
+
 def test_duplex_exchange_reports_the_peers_abort_while_still_sending(tls_pair):
     a, b = tls_pair
     thread, box = _in_thread(lambda: a.exchange(np.zeros(2_000_000, dtype=np.uint64)))
