@@ -362,22 +362,24 @@ def test_batched_shuffles_and_permutations(count, n, cols, data):
         out = [shuffled, sh.unshuffle_batch(party, batch, shuffled), sh.shuffle_batch(party, batch, tags)]
         perms = sh.prepare_permutations(party, dest)
         out.append(perms.apply(party, xs))
+        out.append(sh.shuffle_batch_shared(party, batch, xs))  # one block through every shuffle, masked once
         return [party.open(o) for o in out] + [batch.own, perms.revealed, perms.batch.own]
 
     tags = np.broadcast_to(np.arange(n, dtype=DTYPE), (count, n)).copy()
     r0, r1 = run_arith(fn, blocks, x, u64(sigmas), tags)
-    shuffled, back, stags, applied, own0, revealed, perm_own0 = r0
-    own1, perm_own1 = r1[4], r1[6]
+    shuffled, back, stags, applied, shared, own0, revealed, perm_own0 = r0
+    own1, perm_own1 = r1[5], r1[7]
     assert np.array_equal(back, blocks)
     for h in range(count):
         pi = own0[h][own1[h]]
         assert np.array_equal(stags[h], pi)
         assert np.array_equal(shuffled[h], blocks[h][pi])
+        assert np.array_equal(shared[h], x[pi])
         expected = np.empty_like(x)
         expected[np.array(sigmas[h])] = x
         assert np.array_equal(applied[h], expected)
         assert np.array_equal(revealed[h], np.array(sigmas[h])[perm_own0[h][perm_own1[h]]])
-    assert np.array_equal(revealed, r1[5])
+    assert np.array_equal(revealed, r1[6])
 
 
 @pytest.mark.parametrize("case", ["non_permutation", "one_dimensional", "batch_rows"])
@@ -795,7 +797,7 @@ def view_secrets(kind: str) -> dict[str, np.ndarray]:
 
 def view_program(secrets: dict[str, np.ndarray], functions: bool = True, leak: bool = False):
     """Share x (party 0), w (party 0) and sigma (party 1); shuffle/unshuffle x, prepare sigma and apply/unapply it
-    to (x, w), reciprocal(x), sigmoid(w). Nothing is opened but prepare_permutation's sigma∘pi (returned as
+    to (x, w), reciprocal(x), sigmoid(w), three shuffles of (x, w) by `shuffle_batch_shared`. Nothing is opened but prepare_permutation's sigma∘pi (returned as
     ``revealed``). For the sanity test: ``functions=False`` stops after prepare_permutation; ``leak`` also opens the
     shuffled x (a result, i.e. the secret's values, not a masked value)."""
 
@@ -814,6 +816,9 @@ def view_program(secrets: dict[str, np.ndarray], functions: bool = True, leak: b
             shares["unapplied"] = perm.unapply(party, shares["applied"])
             shares["reciprocal"] = fp.reciprocal(party, x)
             shares["sigmoid"] = fp.sigmoid(party, w)
+            # three shuffles of one block, the first step masked once for all three (shuffle_batch_shared)
+            batch = sh.new_shuffle_batch(party, 3, N)
+            shares["batch_shared"] = sh.shuffle_batch_shared(party, batch, np.stack([x, w], axis=1)).reshape(-1)
         return shares, perm.revealed
 
     return program

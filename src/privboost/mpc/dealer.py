@@ -20,7 +20,8 @@ Correlations (party p's view; every array uniform on its own):
   random_word_bits(shape, c) r words and their low c bits as ring elements (c-way bit injection, c <= 64)
   permutation(n)             pi_p (party p's own random permutation); the dealer keeps both
   permute_masks(h, step)     masks for one permute-and-reshare step (dealer-aided version of Chase-Ghosh-
-                             Poburinnaya's share translation, ASIACRYPT 2020; as XORBoost)
+                             Poburinnaya's share translation, ASIACRYPT 2020; as XORBoost); batched, optionally
+                             with one helper mask for a batch whose steps all take the same input block
 
 Leakage to the dealer: it knows every mask, every random permutation it issued and their composition; it must not
 collude with a party. A dealer-free offline phase (OT/HE triple generation) or a third replicated party can replace
@@ -98,8 +99,13 @@ class CorrelationProvider(ABC):
         """(handle, this party's own random permutation of range(size) as gather indices)."""
 
     @abstractmethod
-    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape) -> dict[str, np.ndarray]:
-        """`permute_masks` for several permutations at once: arrays of shape (len(handles), *shape)."""
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape,
+                           shared: bool = False) -> dict[str, np.ndarray]:
+        """`permute_masks` for several permutations at once: arrays of shape (len(handles), *shape).
+
+        ``shared``: one helper mask ``a`` of shape ``shape`` for every permutation (delta_h = a[P_h] + b_h), for a
+        step whose input is the same block for all of them: the helper then sends its masked share once.
+        """
 
     @abstractmethod
     def permute_masks(self, handle: int, step: int, inverse: bool, shape: Shape) -> dict[str, np.ndarray]:
@@ -250,10 +256,11 @@ def inverse_permutation(perm: np.ndarray) -> np.ndarray:
 
 def _draw_permute(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
     shape = _shape(params)
+    a_shape = shape[1:] if params.get("shared") else shape  # one mask for every permutation of a batch
     permuter = params["step"]
     if party == permuter:
         return [prg.words(shape)] if party == 0 else []  # party 0's delta is random; party 1's is a correction
-    return [prg.words(shape)] if party == 1 else [prg.words(shape), prg.words(shape)]  # helper: a (and b if p0)
+    return [prg.words(a_shape)] if party == 1 else [prg.words(a_shape), prg.words(shape)]  # helper: a (b if p0)
 
 
 def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
@@ -276,13 +283,22 @@ def gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
     return out
 
 
+def gather_shared_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
+    """One block ``values`` (n, ...) gathered by each of perms (H, n): out[h] = values[perms[h]], shape (H, n, ...)."""
+    out = np.empty((perms.shape[0], *values.shape), values.dtype)
+    for h in range(perms.shape[0]):
+        np.take(values, perms[h], axis=0, out=out[h])
+    return out
+
+
 def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
     perms = np.stack([state[("perm", h)][params["step"]] for h in params["handles"]])
     if params["inverse"]:
         perms = np.argsort(perms, axis=1)  # the inverse permutation of each row
+    gather = gather_shared_rows if params.get("shared") else gather_rows
     if params["step"] == 0:
-        return [v0[0] - gather_rows(v1[0], perms)]
-    return [gather_rows(v0[0], perms) + v0[1]]
+        return [v0[0] - gather(v1[0], perms)]
+    return [gather(v0[0], perms) + v0[1]]
 
 
 def _finish_permute(party: int, view: list, corr: list, params: dict):
@@ -461,7 +477,7 @@ class DealerClient(CorrelationProvider):
         self._perm_sizes[handle] = size
         return self._get("permutation", {"size": size, "handle": handle})
 
-    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape):
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape, shared: bool = False):
         """See CorrelationProvider.permute_masks_many.
 
         When party 1 is the helper its ``b`` comes back as a zero-argument callable: the helper sends its masked
@@ -472,6 +488,8 @@ class DealerClient(CorrelationProvider):
             if shape[0] != self._perm_sizes[handle]:
                 raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {shape[0]} rows")
         params = {"handles": list(handles), "step": step, "inverse": inverse, "shape": [len(handles), *shape]}
+        if shared:
+            params["shared"] = True
         if self.party_id == 1 and step == 0 and self.dealer is not None:
             self.settle()
             dealer = self.dealer

@@ -21,7 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from privboost.mpc.protocols.arithmetic import matmul_fixed, matmul_fixed_t, share_fixed_operand
-from privboost.mpc.protocols.shuffle import new_shuffle_batch, shuffle_batch, unshuffle_batch
+from privboost.mpc.protocols.shuffle import (
+    new_shuffle_batch,
+    shuffle_batch,
+    shuffle_batch_shared,
+    unshuffle_batch,
+)
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
 
@@ -74,8 +79,7 @@ class ShuffleRoute:
         n, k = columns.shape
         out = np.zeros((self.n_features, self.n_bins, k), DTYPE)
         for group in self._groups(n, k):
-            count = group.stop - group.start
-            moved = shuffle_batch(party, self._sub_batch(group), np.broadcast_to(columns, (count, n, k)))
+            moved = shuffle_batch_shared(party, self._sub_batch(group), columns)
             for j, f in enumerate(range(group.start, group.stop)):
                 out[f, self.present[f]] = np.add.reduceat(moved[j][self.order[f]], self.starts[f], axis=0,
                                                           dtype=DTYPE)

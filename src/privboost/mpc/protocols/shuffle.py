@@ -16,6 +16,11 @@ Constructions:
 Leakage: each permute step sends ``x_h - a`` with ``a`` a fresh uniform mask (uniform to the permuter). The opened
 sigma∘pi is a uniform random permutation to each party. The dealer knows pi_0, pi_1 and all masks (it must not
 collude with a party). Traffic per application to an n×k array: each party sends n·k words once (one per step).
+`shuffle_batch_shared` (H shuffles of one block x, as applying H prepared permutations to the same columns does)
+masks the first step's input once: the permuter sees ``x_1 - a`` once and, for each h, its own random delta_h,
+while the helper's new share is b_h = delta_h - a[P_h], uniform and independent across h because each delta_h
+is fresh. So the views are as uniform as with H separate masks, and the first step sends n·k words instead of
+H·n·k.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privboost.mpc.dealer import gather_rows, inverse_permutation
+from privboost.mpc.dealer import gather_rows, gather_shared_rows, inverse_permutation
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
 
@@ -93,14 +98,16 @@ def new_shuffle_batch(party: Party, count: int, size: int) -> ShuffleBatch:
 
 
 def _permute_step_many(party: Party, batch: ShuffleBatch, own: np.ndarray, step: int, inverse: bool,
-                       x: np.ndarray) -> np.ndarray:
+                       x: np.ndarray, shared: bool = False) -> np.ndarray:
+    # shared: x is one block (n, ...) that every shuffle of the batch takes as input; the helper masks it once
     handles = [sh.handle for sh in batch.shuffles]
-    masks = party.correlations.permute_masks_many(handles, step, inverse, x.shape[1:])
+    shape = x.shape if shared else x.shape[1:]
+    masks = party.correlations.permute_masks_many(handles, step, inverse, shape, shared=shared)
     if party.party_id == step:
         perms = np.argsort(own, axis=1) if inverse else own
         received = party.peer.recv_array()
         np.add(received, x, out=received)
-        moved = gather_rows(received, perms)
+        moved = (gather_shared_rows if shared else gather_rows)(received, perms)
         return np.add(moved, masks["delta"], out=moved)
     party.peer.send_array(x - masks["a"])
     b = masks["b"]() if callable(masks["b"]) else masks["b"]  # fetched after sending (see permute_masks_many)
@@ -120,6 +127,17 @@ def shuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarra
     """Shares of every block x[h] (x of shape (H, n, ...)) shuffled by shuffle h."""
     x, own = _batch_operand(batch, x)
     return _permute_step_many(party, batch, own, 1, False, _permute_step_many(party, batch, own, 0, False, x))
+
+
+def shuffle_batch_shared(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
+    """Shares of the one block x (n, ...) shuffled by every shuffle h of the batch: (H, n, ...), equal to
+    `shuffle_batch` of x repeated H times, but the first step's helper sends its masked x once, not H times."""
+    x = np.ascontiguousarray(x, dtype=DTYPE)
+    own = batch.own
+    if x.shape[:1] != own.shape[1:]:
+        raise ValueError(f"the batch shuffles blocks of {own.shape[1]} rows, got shape {x.shape}")
+    first = _permute_step_many(party, batch, own, 0, False, x, shared=True)
+    return _permute_step_many(party, batch, own, 1, False, first)
 
 
 def unshuffle_batch(party: Party, batch: ShuffleBatch, x: np.ndarray) -> np.ndarray:
@@ -177,9 +195,7 @@ class SharedPermutationBatch:
 
     def apply(self, party: Party, x: np.ndarray) -> np.ndarray:
         """Shares of (H, n, ...) with block h = x (n, ...) moved by sigma_h: ``y[h][sigma_h[i]] = x[i]``."""
-        x = np.ascontiguousarray(x, dtype=DTYPE)
-        count = self.revealed.shape[0]
-        moved = shuffle_batch(party, self.batch, np.broadcast_to(x, (count, *x.shape)))
+        moved = shuffle_batch_shared(party, self.batch, x)
         out = np.empty_like(moved)
         index = self.revealed.reshape(self.revealed.shape + (1,) * (moved.ndim - 2))
         np.put_along_axis(out, np.broadcast_to(index, moved.shape), moved, axis=1)
