@@ -192,14 +192,16 @@ class SharedPermutationBatch:
 
     batch: ShuffleBatch
     revealed: np.ndarray  # (H, n): row h is sigma_h∘pi_h
+    _gather: np.ndarray | None = None  # (H, n): row h is the inverse of revealed[h] (gather indices)
 
     def apply(self, party: Party, x: np.ndarray) -> np.ndarray:
         """Shares of (H, n, ...) with block h = x (n, ...) moved by sigma_h: ``y[h][sigma_h[i]] = x[i]``."""
         moved = shuffle_batch_shared(party, self.batch, x)
-        out = np.empty_like(moved)
-        index = self.revealed.reshape(self.revealed.shape + (1,) * (moved.ndim - 2))
-        np.put_along_axis(out, np.broadcast_to(index, moved.shape), moved, axis=1)
-        return out
+        if self._gather is None:  # scattering by revealed[h] is gathering by its inverse: whole rows, np.take
+            self._gather = np.empty_like(self.revealed)
+            np.put_along_axis(self._gather, self.revealed,
+                              np.broadcast_to(np.arange(self.revealed.shape[1]), self.revealed.shape), axis=1)
+        return gather_rows(moved, self._gather)
 
 
 def prepare_permutations(party: Party, destinations: np.ndarray) -> SharedPermutationBatch:
