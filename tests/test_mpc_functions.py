@@ -797,9 +797,10 @@ def view_secrets(kind: str) -> dict[str, np.ndarray]:
 
 def view_program(secrets: dict[str, np.ndarray], functions: bool = True, leak: bool = False):
     """Share x (party 0), w (party 0) and sigma (party 1); shuffle/unshuffle x, prepare sigma and apply/unapply it
-    to (x, w), reciprocal(x), sigmoid(w), three shuffles of (x, w) by `shuffle_batch_shared`. Nothing is opened but prepare_permutation's sigma∘pi (returned as
-    ``revealed``). For the sanity test: ``functions=False`` stops after prepare_permutation; ``leak`` also opens the
-    shuffled x (a result, i.e. the secret's values, not a masked value)."""
+    to (x, w), reciprocal(x), sigmoid(w), three shuffles of (x, w) by `shuffle_batch_shared`. Nothing is opened
+    but prepare_permutation's sigma∘pi (returned as ``revealed``). For the sanity test: ``functions=False`` stops
+    after prepare_permutation; ``leak`` also opens the shuffled x (a result, i.e. the secret's values, not a masked
+    value)."""
 
     def program(party):
         x = party.input(0, secrets["x"] if party.party_id == 0 else None)
