@@ -45,12 +45,16 @@ MAX_PAYLOAD = 1 << 40
 DEFAULT_TIMEOUT_S = 60.0
 _SEND_CHUNK = 1 << 20  # bytes handed to one non-blocking TLS write in `SocketChannel.exchange`
 #: array payloads of this many bytes are received into buffers the channel keeps and reuses once nothing refers to
-#: them: a fresh buffer per frame cost page faults and zeroing, about a third of the receiving CPU measured on
-#: TLS loopback (2.2 vs 1.5 ms per MB). Larger payloads (the MPC engine's big openings) get fresh memory, so no
-#: spare of hundreds of MB outlives its frame.
-_SPARE_SIZES = (1 << 16, 16 << 20)
-_SPARES = 2  # at most this many kept per channel: a frame being received and the previous one still in use
-#: (with a hundred federated sites, 8 per channel held ~5 GB in the aggregator)
+#: them: a fresh buffer per frame costs page faults and zeroing, about a third of the receiving CPU measured on
+#: TLS loopback (2.2 vs 1.5 ms per MB), and 3.6 of 16 s for a party of the MPC bench's 300 permutations (131 MB
+#: frames). Larger payloads (the MPC engine's biggest openings) always get fresh memory.
+_SPARE_SIZES = (1 << 16, 256 << 20)
+_SPARES = 2  # kept per channel at most: a frame being received and the previous one still in use
+#: and all channels of a process together keep at most this many bytes (a hundred federated sites, or an MPC
+#: party near its memory peak, must not hold much memory for reuse)
+_SPARE_BYTES = 768 << 20
+_spare_bytes_kept = 0
+_spare_lock = threading.Lock()
 
 
 class MpcError(RuntimeError):
@@ -372,6 +376,7 @@ class SocketChannel(Channel):
     def _spare_buffer(self, size: int) -> bytearray | memoryview | None:
         """A kept buffer of at least ``size`` bytes that no array refers to any more (the smallest such), a new
         kept one while fewer than `_SPARES` are kept, or None (receive into fresh memory)."""
+        global _spare_bytes_kept
         if not _SPARE_SIZES[0] <= size <= _SPARE_SIZES[1]:
             return None
         best: bytearray | None = None
@@ -383,9 +388,19 @@ class SocketChannel(Channel):
         if best is None:
             if len(self._spares) >= _SPARES:
                 return None
+            with _spare_lock:
+                if _spare_bytes_kept + size > _SPARE_BYTES:
+                    return None
+                _spare_bytes_kept += size
             best = bytearray(size)
             self._spares.append(best)
         return best if len(best) == size else memoryview(best)[:size]
+
+    def _release_spares(self) -> None:
+        global _spare_bytes_kept
+        with _spare_lock:
+            _spare_bytes_kept -= sum(len(spare) for spare in self._spares)
+        self._spares = []
 
     def exchange(self, arr: np.ndarray) -> np.ndarray:
         """Send ``arr`` while receiving the peer's array of the same round (one round, full duplex).
@@ -519,6 +534,7 @@ class SocketChannel(Channel):
             pass
 
     def _close_transport(self) -> None:
+        self._release_spares()
         try:
             self._sock.close()
         except OSError:
