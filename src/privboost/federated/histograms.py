@@ -171,28 +171,23 @@ def _accumulate(bins, rows, lo, hi, g, h, n_bins, buf, check):  # pragma: no cov
             g0, h0, g1, h1 = g[r0], h[r0], g[r1], h[r1]
             g2, h2, g3, h3 = g[r2], h[r2], g[r3], h[r3]
             for f in range(f0, f1):
-                b = bins[r0, f]
-                buf[f, b, 0] += g0
-                buf[f, b, 1] += h0
-                b = bins[r1, f]
-                buf[f, b, 0] += g1
-                buf[f, b, 1] += h1
-                b = bins[r2, f]
-                buf[f, b, 0] += g2
-                buf[f, b, 1] += h2
-                b = bins[r3, f]
-                buf[f, b, 0] += g3
-                buf[f, b, 1] += h3
+                _add(buf, f, bins[r0, f], g0, h0)
+                _add(buf, f, bins[r1, f], g1, h1)
+                _add(buf, f, bins[r2, f], g2, h2)
+                _add(buf, f, bins[r3, f], g3, h3)
             j += 4
         while j < hi:
             r = rows[j]
-            gj, hj = g[r], h[r]
             for f in range(f0, f1):
-                b = bins[r, f]
-                buf[f, b, 0] += gj
-                buf[f, b, 1] += hj
+                _add(buf, f, bins[r, f], g[r], h[r])
             j += 1
     return False
+
+
+@njit(inline="always", boundscheck=False)
+def _add(buf, f, b, gv, hv):  # pragma: no cover - compiled, inlined into its callers
+    buf[f, b, 0] += gv
+    buf[f, b, 1] += hv
 
 
 @njit(cache=True, boundscheck=False)

@@ -277,18 +277,15 @@ def gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
 
     One ``np.take`` per block: whole rows move as contiguous memory, several times faster than take_along_axis.
     """
-    out = np.empty_like(values)
-    for h in range(values.shape[0]):
+    out = np.empty((perms.shape[0], *values.shape[1:]), values.dtype)  # values may be a broadcast block
+    for h in range(perms.shape[0]):
         np.take(values[h], perms[h], axis=0, out=out[h])
     return out
 
 
 def gather_shared_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
     """One block ``values`` (n, ...) gathered by each of perms (H, n): out[h] = values[perms[h]], shape (H, n, ...)."""
-    out = np.empty((perms.shape[0], *values.shape), values.dtype)
-    for h in range(perms.shape[0]):
-        np.take(values, perms[h], axis=0, out=out[h])
-    return out
+    return gather_rows(np.broadcast_to(values, (perms.shape[0], *values.shape)), perms)
 
 
 def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:

@@ -70,6 +70,18 @@ class Prg:
         return np.argsort(self.words(size), kind="stable").astype(np.int64)
 
 
+def _flat_operands(out: np.ndarray, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``out`` and ``arrays`` as flat uint64 views; ValueError unless ``out`` is contiguous uint64 and every array
+    is uint64 with as many elements."""
+    flat = out.reshape(-1)
+    if flat.dtype != DTYPE or not flat.flags.c_contiguous:
+        raise ValueError("masks are added into a contiguous uint64 array")
+    addends = [np.asarray(a).reshape(-1) for a in arrays]
+    if any(a.dtype != DTYPE or a.size != flat.size for a in addends):
+        raise ValueError("arrays must be uint64 with as many elements as out")
+    return flat, addends
+
+
 def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]], arrays: tuple[np.ndarray, ...] = ()) -> None:
     """``out += ±words`` of every (prg, subtract) stream, mod 2^64 in place, for a contiguous uint64 ``out``; and
     ``+= a`` for every array ``a`` of ``arrays`` (uint64, ``out.size`` elements).
@@ -79,12 +91,7 @@ def add_streams_into(out: np.ndarray, streams: list[tuple[Prg, bool]], arrays: t
     of a stream's size is allocated (page faults of fresh memory cost more than the AES) and each slice of ``out``
     is read and written once from memory rather than once per stream or array.
     """
-    flat = out.reshape(-1)
-    if flat.dtype != DTYPE or not flat.flags.c_contiguous:
-        raise ValueError("add_streams_into needs a contiguous uint64 array")
-    addends = [np.asarray(a).reshape(-1) for a in arrays]
-    if any(a.dtype != DTYPE or a.size != flat.size for a in addends):
-        raise ValueError("arrays must be uint64 with as many elements as out")
+    flat, addends = _flat_operands(out, arrays)
     for prg, _ in streams:
         prg.words_drawn += flat.size
     per_chunk = _STREAM_CHUNK // 8
@@ -112,12 +119,7 @@ def add_seeded_streams(out: np.ndarray, streams: list[tuple[bytes, bool]], threa
     parts of ``out``, each starting every stream at its part's offset (AES-CTR is seekable; AES and numpy release
     the GIL).
     """
-    flat = out.reshape(-1)
-    if flat.dtype != DTYPE or not flat.flags.c_contiguous:
-        raise ValueError("add_seeded_streams needs a contiguous uint64 array")
-    addends = [np.asarray(a).reshape(-1) for a in arrays]
-    if any(a.dtype != DTYPE or a.size != flat.size for a in addends):
-        raise ValueError("arrays must be uint64 with as many elements as out")
+    flat, addends = _flat_operands(out, arrays)
     step = -(-flat.size // max(1, threads))
     step += step % 2
     bounds = [(lo, min(flat.size, lo + step)) for lo in range(0, flat.size, max(step, 2))]

@@ -457,6 +457,8 @@ class SocketChannel(Channel):
                                 raise TransportError(f"malformed frame from {self.peer_name}")
                             stage, buf, got = 1, bytearray(header_len), 0
                         elif stage == 1:
+                            # fresh memory, not `_spare_buffer`: duplex exchanges carry the MPC engine's
+                            # openings, near its memory peak, where kept buffers would add to the peak
                             stage, header, buf, got = 2, bytes(buf), bytearray(payload_len), 0
                         else:
                             receiving = False

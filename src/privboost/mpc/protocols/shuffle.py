@@ -26,6 +26,7 @@ H·n·k.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -192,16 +193,18 @@ class SharedPermutationBatch:
 
     batch: ShuffleBatch
     revealed: np.ndarray  # (H, n): row h is sigma_h∘pi_h
-    _gather: np.ndarray | None = None  # (H, n): row h is the inverse of revealed[h] (gather indices)
+
+    @cached_property
+    def _gather(self) -> np.ndarray:
+        # scattering by revealed[h] is gathering by its inverse: whole rows moved by np.take
+        inverse = np.empty_like(self.revealed)
+        np.put_along_axis(inverse, self.revealed, np.broadcast_to(np.arange(self.revealed.shape[1]),
+                                                                  self.revealed.shape), axis=1)
+        return inverse
 
     def apply(self, party: Party, x: np.ndarray) -> np.ndarray:
         """Shares of (H, n, ...) with block h = x (n, ...) moved by sigma_h: ``y[h][sigma_h[i]] = x[i]``."""
-        moved = shuffle_batch_shared(party, self.batch, x)
-        if self._gather is None:  # scattering by revealed[h] is gathering by its inverse: whole rows, np.take
-            self._gather = np.empty_like(self.revealed)
-            np.put_along_axis(self._gather, self.revealed,
-                              np.broadcast_to(np.arange(self.revealed.shape[1]), self.revealed.shape), axis=1)
-        return gather_rows(moved, self._gather)
+        return gather_rows(shuffle_batch_shared(party, self.batch, x), self._gather)
 
 
 def prepare_permutations(party: Party, destinations: np.ndarray) -> SharedPermutationBatch:
