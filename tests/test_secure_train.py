@@ -20,37 +20,51 @@ from privboost.mpc.ring import encode_fixed
 from privboost.mpc.runtime import run_local
 from privboost.mpc.shares import share_arith
 from privboost.secure.analyst import build_ensemble, reveal
-from privboost.secure.binning import bin_columns, one_hot, threshold_bits
+from privboost.secure.binning import bin_columns, one_hot, slots, threshold_bits
 from privboost.secure.trainer import SecureParams, SharedData, TrainingError, train
 
 
 def secure_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, frac_bits: int = 16,
-               route: str = "onehot", record: bool = False):
+               route: str = "onehot", record: bool = False, categorical: tuple[int, ...] = ()):
     """Share (x, y) as owners would, train in-process, reveal as the analyst; returns (model, LocalRun)."""
     names = [f"f{j}" for j in range(x.shape[1])]
-    binned = bin_columns(x, names, max_bin)
-    matrix = one_hot(binned.bins, max_bin) if route == "onehot" else binned.bins.astype(np.uint64)
+    binned = bin_columns(x, names, max_bin, [names[j] for j in categorical])
+    matrix = one_hot(binned.bins, slots(max_bin)) if route == "onehot" else binned.bins.astype(np.uint64)
     shared_x, shared_y = share_arith(matrix), share_arith(encode_fixed(y, frac_bits))
-    shared_t = share_arith(threshold_bits(binned.cuts, max_bin))
+    shared_t = share_arith(threshold_bits(binned, max_bin))
 
     def program(party):
         i = party.party_id
         data = SharedData(shared_x[i] if route == "onehot" else None, shared_y[i], shared_t[i], x.shape[1], max_bin,
-                          bins=shared_x[i] if route == "shuffle" else None)
+                          bins=shared_x[i] if route == "shuffle" else None, categorical=binned.categorical,
+                          has_missing=binned.has_missing, n_categories=binned.n_categories)
         return train(party, data, params)
 
     run = run_local(program, frac_bits=frac_bits, timeout_s=300, record=record)
     trees = reveal(run.results[0].trees, run.results[1].trees, frac_bits)
     base = float(((run.results[0].base_score + run.results[1].base_score).view(np.int64) / 2.0**frac_bits)[0])
-    return build_ensemble(trees, params, names, base), run
+    return build_ensemble(trees, params, names, base, binned.categorical), run
 
 
-def xgb_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, base: float) -> xgb.Booster:
-    """Plaintext xgboost hist with the same parameters."""
+def xgb_matrix(x: np.ndarray, y: np.ndarray | None = None, categorical: tuple[int, ...] = ()) -> xgb.DMatrix:
+    """A DMatrix with the given columns typed categorical."""
+    types = ["c" if j in categorical else "q" for j in range(x.shape[1])]
+    return xgb.DMatrix(x, label=y, feature_types=types, enable_categorical=bool(categorical),
+                       feature_names=[f"f{j}" for j in range(x.shape[1])])
+
+
+def xgb_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, base: float,
+            categorical: tuple[int, ...] = ()) -> xgb.Booster:
+    """Plaintext xgboost hist with the same parameters (categorical splits one category against the rest)."""
     return xgb.train({"tree_method": "hist", "max_bin": max_bin, "max_depth": params.max_depth,
                       "eta": params.learning_rate, "objective": params.objective, "base_score": base,
                       "reg_lambda": params.reg_lambda, "min_child_weight": params.min_child_weight,
-                      "gamma": params.gamma, "nthread": 2}, xgb.DMatrix(x, label=y), params.n_estimators)
+                      "gamma": params.gamma, "max_cat_to_onehot": 257, "nthread": 2},
+                     xgb_matrix(x, y, categorical), params.n_estimators)
+
+
+def _trees(booster: xgb.Booster) -> list[dict]:
+    return json.loads(bytes(booster.save_raw("json")))["learner"]["gradient_booster"]["model"]["trees"]
 
 
 def test_splits_identical_to_xgboost_on_a_small_case():
@@ -59,32 +73,64 @@ def test_splits_identical_to_xgboost_on_a_small_case():
     params = SecureParams(n_estimators=4, max_depth=3, learning_rate=0.3, base_score=0.5)
     model, _ = secure_fit(x, y, params, max_bin=16, frac_bits=20)
     booster = xgb_fit(x, y, params, 16, 0.5)
-    ours = model.to_booster().predict(xgb.DMatrix(x, feature_names=model.feature_names), pred_leaf=True)
-    theirs = booster.predict(xgb.DMatrix(x), pred_leaf=True)
+    ours = model.to_booster().predict(xgb_matrix(x), pred_leaf=True)
+    theirs = booster.predict(xgb_matrix(x), pred_leaf=True)
     for tree in range(params.n_estimators):  # every tree partitions the samples exactly as xgboost's does
         pairs = set(zip(ours[:, tree].tolist(), theirs[:, tree].tolist(), strict=True))
         assert len(pairs) == len(set(ours[:, tree])) == len(set(theirs[:, tree]))
-    assert np.abs(model.predict(x) - booster.predict(xgb.DMatrix(x))).max() < 1e-4
+    assert np.abs(model.predict(x) - booster.predict(xgb_matrix(x))).max() < 1e-4
+
+
+def _mixed_columns() -> tuple[np.ndarray, np.ndarray]:
+    """Breast cancer's first 8 columns, two with 15% missing values, plus two categorical columns: an informative
+    one whose codes are missing more often for positives, and a noise one."""
+    x, y = load_breast_cancer(return_X_y=True)
+    rng = np.random.default_rng(3)
+    n = len(y)
+    informative = np.where(y == 1, rng.integers(0, 3, n), rng.integers(2, 6, n)).astype(np.float32)
+    informative[rng.random(n) < np.where(y == 1, 0.3, 0.05)] = np.nan
+    x = np.column_stack([x[:, :8], informative, rng.integers(0, 4, n)]).astype(np.float32)
+    for j in (0, 3):
+        x[rng.random(n) < 0.15, j] = np.nan
+    return x, y.astype(np.float64)
+
+
+@pytest.mark.parametrize("route", ["onehot", "shuffle"])
+def test_splits_identical_to_xgboost_with_missing_values_and_categories(route):
+    x, y = _mixed_columns()
+    categorical = (8, 9)
+    params = SecureParams(n_estimators=4, max_depth=3, learning_rate=0.3, base_score=0.5)
+    model, _ = secure_fit(x, y, params, max_bin=16, frac_bits=20, route=route, categorical=categorical)
+    booster = xgb_fit(x, y, params, 16, 0.5, categorical)
+    ours, theirs = _trees(model.to_booster()), _trees(booster)
+    kinds = set()
+    for mine, ref in zip(ours, theirs, strict=True):  # same structure, features, default directions, categories
+        for key in ("left_children", "split_indices", "default_left", "split_type", "categories",
+                    "categories_nodes"):
+            assert mine[key] == ref[key], key
+        inner = np.array(ref["left_children"]) >= 0
+        kinds |= set(zip(np.array(ref["split_type"])[inner], np.array(ref["default_left"])[inner], strict=True))
+    assert kinds == {(0, 0), (0, 1), (1, 0), (1, 1)}  # every kind of candidate was chosen somewhere
+    gap = np.abs(model.predict(x) - booster.predict(xgb_matrix(x, categorical=categorical))).max()
+    assert gap < 1e-5
 
 
 def _nhanes():
-    frame, labels = load_nhanes_diabetes()
+    frame, labels = load_nhanes_diabetes()  # real missing values (NaN) are kept; "male" is categorical
     rows = np.random.default_rng(0).choice(len(frame), 2500, replace=False)
-    frame = frame.iloc[rows]
-    frame = frame.fillna(frame.median())  # secure training needs complete data: owners impute first
-    return frame.to_numpy(dtype=np.float32), labels[rows].astype(np.float64)
+    return frame.iloc[rows].to_numpy(dtype=np.float32), labels[rows].astype(np.float64)
 
 
 CASES = {
-    "breast_cancer": (lambda: load_breast_cancer(return_X_y=True), "binary:logistic", "onehot"),
-    "nhanes_diabetes": (_nhanes, "binary:logistic", "shuffle"),
-    "diabetes_regression": (lambda: load_diabetes(return_X_y=True), "reg:squarederror", "onehot"),
+    "breast_cancer": (lambda: load_breast_cancer(return_X_y=True), "binary:logistic", "onehot", ()),
+    "nhanes_diabetes": (_nhanes, "binary:logistic", "shuffle", (1,)),
+    "diabetes_regression": (lambda: load_diabetes(return_X_y=True), "reg:squarederror", "onehot", ()),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_accuracy_parity_with_xgboost_hist(case):
-    loader, objective, route = CASES[case]
+    loader, objective, route, categorical = CASES[case]
     x, y = loader()
     x_train, x_test, y_train, y_test = train_test_split(np.asarray(x, np.float32), np.asarray(y, np.float64),
                                                         test_size=0.3, random_state=1)
@@ -92,11 +138,12 @@ def test_accuracy_parity_with_xgboost_hist(case):
     bound = 1.0 if logistic else 4 * 2.0 ** np.ceil(np.log2(np.abs(y_train).max()))
     params = SecureParams(objective=objective, n_estimators=6, max_depth=3, learning_rate=0.3,
                           gradient_bound=bound, base_score=None)
-    model, _ = secure_fit(x_train, y_train, params, max_bin=32, route=route)
+    model, _ = secure_fit(x_train, y_train, params, max_bin=32, route=route, categorical=categorical)
     base = 0.5 if logistic else float(model.base_score[0])
     if not logistic:
         assert base == pytest.approx(y_train.mean(), abs=1e-3)  # the securely computed label mean
-    reference = xgb_fit(x_train, y_train, params, 32, base).predict(xgb.DMatrix(x_test))
+    reference = xgb_fit(x_train, y_train, params, 32, base, categorical).predict(
+        xgb_matrix(x_test, categorical=categorical))
     ours = model.predict(x_test)
     if logistic:
         assert abs(roc_auc_score(y_test, ours) - roc_auc_score(y_test, reference)) <= 0.005
@@ -203,7 +250,7 @@ def test_synthetic_100k_by_100_parity():
     x = x.astype(np.float32)
     params = SecureParams(n_estimators=5, max_depth=4, learning_rate=0.3, base_score=0.5)
     model, _ = secure_fit(x[:100_000], y[:100_000].astype(np.float64), params, max_bin=32, route="shuffle")
-    reference = xgb_fit(x[:100_000], y[:100_000], params, 32, 0.5).predict(xgb.DMatrix(x[100_000:]))
+    reference = xgb_fit(x[:100_000], y[:100_000], params, 32, 0.5).predict(xgb_matrix(x[100_000:]))
     assert abs(roc_auc_score(y[100_000:], model.predict(x[100_000:]))
                - roc_auc_score(y[100_000:], reference)) <= 0.005
 

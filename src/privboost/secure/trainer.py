@@ -4,12 +4,15 @@ The trainer is a program over `privboost.mpc` (2 semi-honest parties + trusted d
 second-order boosting (Chen & Guestrin, KDD 2016) with ``hist`` bins, depth-wise, on shares only, following the
 structure of XORBoost (Deforth et al., PoPETs 2022):
 
-* histograms: per-bin sums X^T·[g ⊙ m, h ⊙ m] of the one-hot matrix X (n × F·B) by either route of `histograms`
+* histograms: per-slot sums X^T·[g ⊙ m, h ⊙ m] of the one-hot matrix X (n × F·(B+1): B bins and a missing-value
+  slot per feature, `binning`) by either route of `histograms`
   (reused-mask products with X, nothing revealed; or one secret shuffle per feature, revealing per-feature bin
   counts, memory n·F). Only left children are built; right children are parent − left (histogram subtraction), so
   which child is smaller is never needed (it would be data-dependent);
-* gains G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ) for every (node, feature, bin) from local prefix sums, secure
-  division (Catrina–Saxena reciprocal), candidates with a child hessian below ``min_child_weight`` masked out;
+* gains G_L²/(H_L+λ) + G_R²/(H_R+λ) − G²/(H+λ) for every candidate of every node (`candidates`: numerical
+  thresholds with missing values right, and left where a column has missing values; categorical one-vs-rest
+  splits ``x == c`` going right, as XGBoost's one-hot splits) from local prefix sums, secure division
+  (Catrina–Saxena reciprocal), candidates with a child hessian below ``min_child_weight`` masked out;
 * the best split per node by a tree of comparisons (argmax → shared one-hot); a node splits only if its gain
   exceeds ``gamma`` (and its parent split), otherwise all its samples stay on the left path;
 * routing without revealing any path: every sample's shared node-membership vector is updated with
@@ -22,7 +25,8 @@ Every message size depends only on public sizes (n, F, B, depth, trees), never o
 Leakage: to the compute parties nothing (all opened values are uniformly masked) on the one-hot route, the
 per-feature bin occupancy counts on the shuffle route; to the dealer nothing; to the
 analyst, the finished trees (split features, thresholds, leaf weights, which nodes are leaves), as XGBoost's model.
-Public: n, the number of features and bins, the parameters, and a public bound on |gradient| used to scale.
+Public: n, the number of features and bins, which features are categorical or have missing values at all, the
+parameters, and a public bound on |gradient| used to scale.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from privboost.mpc.protocols.compare import eq, ltz
 from privboost.mpc.protocols.fixedpoint import divide, sigmoid
 from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
+from privboost.secure.candidates import CandidateLayout
 from privboost.secure.histograms import OneHotRoute, ShuffleRoute
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
@@ -91,21 +96,37 @@ class SharedData:
     """One party's shares of the training data, as the owners dealt them.
 
     Exactly one of ``onehot`` (for the one-hot route) and ``bins`` (for the shuffle route) is given; see
-    `histograms` for what each route costs and reveals. `train` consumes ``onehot`` (overwrites it in place and
-    drops it) to save memory: pass a copy if you still need it.
+    `histograms` for what each route costs and reveals. Every feature has ``n_bins`` bins and a missing-value slot
+    (`binning`). `train` consumes ``onehot`` (overwrites it in place and drops it) to save memory: pass a copy if
+    you still need it.
     """
 
-    onehot: np.ndarray | None  # n × F·B, 0/1 (integers, not fixed point)
+    onehot: np.ndarray | None  # n × F·(B+1), 0/1 (integers, not fixed point)
     labels: np.ndarray  # n, fixed point
-    thresholds: np.ndarray  # F·B, float32 bit patterns of the candidate thresholds
+    thresholds: np.ndarray  # F·2·B, float32 bit patterns of the split values (`binning.threshold_bits`)
     n_features: int
     n_bins: int
-    bins: np.ndarray | None = None  # n × F bin indices (integers)
+    bins: np.ndarray | None = None  # n × F slot indices (integers; n_bins = missing)
+    categorical: np.ndarray | None = None  # F flags (public); None: no categorical feature
+    has_missing: np.ndarray | None = None  # F flags (public): the feature has missing values; None: none has
+    n_categories: np.ndarray | None = None  # F counts (public): codes of each categorical feature; None: n_bins
 
     @property
     def rows(self) -> int:
         """Number of samples."""
         return self.labels.shape[0]
+
+    @property
+    def slots(self) -> int:
+        """Slots per feature: the bins and the missing slot."""
+        return self.n_bins + 1
+
+    def layout(self) -> CandidateLayout:
+        """The public split candidates of this data's features."""
+        none = np.zeros(self.n_features, bool)
+        return CandidateLayout.build(none if self.categorical is None else self.categorical,
+                                     none if self.has_missing is None else self.has_missing, self.n_bins,
+                                     self.n_categories)
 
 
 @dataclass
@@ -115,6 +136,7 @@ class TreeShares:
     split: list[np.ndarray] = field(default_factory=list)  # per level: 0/1 per node
     feature: list[np.ndarray] = field(default_factory=list)  # per level: feature index per node
     threshold: list[np.ndarray] = field(default_factory=list)  # per level: float32 bits per node
+    default_left: list[np.ndarray] = field(default_factory=list)  # per level: 0/1 per node (missing values go left)
     leaves: np.ndarray | None = None  # 2^depth leaf weights, fixed point
 
 
@@ -186,22 +208,20 @@ class Scaling:
 Progress = Callable[[dict], None]
 
 
-def _cumulative_bins(hist: np.ndarray) -> np.ndarray:
-    return np.cumsum(hist, axis=-1, dtype=DTYPE)
-
-
 def train(party: Party, data: SharedData, params: SecureParams, progress: Progress | None = None) -> TrainResult:
     """Train ``params.n_estimators`` trees on shares; returns this party's shares of every tree."""
     params.check()
     f = party.frac_bits
-    n, m = data.rows, data.n_features * data.n_bins
+    n, m = data.rows, data.n_features * data.slots
     if (data.onehot is None) == (data.bins is None):
         raise TrainingError("give the data either as a one-hot matrix or as bin indices")
     expected = (n, m) if data.onehot is not None else (n, data.n_features)
     given = data.onehot if data.onehot is not None else data.bins
-    if given.shape != expected or data.thresholds.shape != (m,):
+    flags_ok = all(v is None or np.shape(v) == (data.n_features,)
+                   for v in (data.categorical, data.has_missing, data.n_categories))
+    if given.shape != expected or data.thresholds.shape != (2 * data.n_features * data.n_bins,) or not flags_ok:
         raise TrainingError(f"shared data shapes do not agree: {given.shape} for {n} rows, "
-                            f"{data.n_features} features × {data.n_bins} bins")
+                            f"{data.n_features} features × {data.n_bins} bins (+ a missing slot)")
     scaling = Scaling.choose(n, params, f)
     one = ring_constant(1 << f)
     started = time.perf_counter()
@@ -211,9 +231,9 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
             route: OneHotRoute | ShuffleRoute = OneHotRoute(party, data.onehot)
             data.onehot = None  # opened and re-shared: the caller's copy is no longer needed
         else:
-            route = ShuffleRoute(party, data.bins, data.n_bins)
-    feature_of_column = np.repeat(np.arange(data.n_features, dtype=np.uint64), data.n_bins)
-    first_feature = party.public((feature_of_column == 0).astype(np.uint64))  # X·this = 1 for every sample
+            route = ShuffleRoute(party, data.bins, data.slots)
+    layout = data.layout()
+    first_feature = party.public((np.arange(m) < data.slots).astype(np.uint64))  # X·this = 1 for every sample
     margin, base_score = _base_margin(party, data, params)
     trees = []
     for tree_index in range(params.n_estimators):
@@ -233,13 +253,14 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
             with clock("histograms"):
                 hist_g, hist_h = _level_histograms(party, route, g, h, membership, hist_g, hist_h, data)
             with clock("gains_argmax"):
-                ok, selection, feature, threshold = _best_splits(party, hist_g, hist_h, parent_ok, data, params,
-                                                                 scaling, feature_of_column)
+                ok, selection, feature, threshold, default_left = _best_splits(party, hist_g, hist_h, parent_ok, data,
+                                                                               params, scaling, layout)
             shares.split.append(ok)
             shares.feature.append(feature)
             shares.threshold.append(threshold)
+            shares.default_left.append(default_left)
             with clock("routing"):
-                membership = _route(party, route, membership, selection, ok, first_feature, data)
+                membership = _route(party, route, membership, selection, ok, first_feature, layout)
             parent_ok = np.repeat(ok, 2)
             if progress:
                 progress({"tree": tree_index + 1, "trees": params.n_estimators, "level": level + 1,
@@ -267,8 +288,8 @@ def _weighted_gradients(party: Party, members: np.ndarray, g: np.ndarray, h: np.
 def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
                       parent_g: np.ndarray | None, parent_h: np.ndarray | None,
                       data: SharedData) -> tuple[np.ndarray, np.ndarray]:
-    """(G, H) histograms (nodes × F × B) of this level's nodes: left children built, right = parent − left."""
-    shape = (data.n_features, data.n_bins)
+    """(G, H) histograms (nodes × F × slots) of this level's nodes: left children built, right = parent − left."""
+    shape = (data.n_features, data.slots)
     if parent_g is None:
         hist = route.histograms(party, np.stack([g, h], axis=1))
         return hist[:, 0].reshape(1, *shape), hist[:, 1].reshape(1, *shape)
@@ -282,13 +303,14 @@ def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, members
 
 
 def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok: np.ndarray, data: SharedData,
-                 params: SecureParams, scaling: Scaling, feature_of_column: np.ndarray):
-    """Per node: split flag, one-hot of the best (feature, bin), its feature index and threshold bits."""
+                 params: SecureParams, scaling: Scaling, layout: CandidateLayout):
+    """Per node: split flag, one-hot of the best candidate, its feature index, threshold bits and default_left."""
     f = party.frac_bits
     nodes = hist_g.shape[0]
-    left_g, left_h = _cumulative_bins(hist_g), _cumulative_bins(hist_h)
-    total_g, total_h = left_g[:, 0, -1], left_h[:, 0, -1]  # every feature's bins cover the node
-    right_g, right_h = total_g[:, None, None] - left_g, total_h[:, None, None] - left_h
+    left_g, left_h = layout.left_sums(hist_g), layout.left_sums(hist_h)  # (nodes, C)
+    total_g = hist_g[:, 0].sum(axis=-1, dtype=DTYPE)
+    total_h = hist_h[:, 0].sum(axis=-1, dtype=DTYPE)
+    right_g, right_h = total_g[:, None] - left_g, total_h[:, None] - left_h
     numerators = np.concatenate([left_g.ravel(), right_g.ravel(), total_g])
     hessians = np.concatenate([left_h.ravel(), right_h.ravel(), total_h])
     lam = encode_fixed(params.reg_lambda, f)
@@ -296,36 +318,54 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     scaled = truncate(party, numerators, scaling.gain_shift) if scaling.gain_shift else numerators
     terms = truncate(party, mul(party, scaled, quotients))
     size = left_g.size
-    gain = (terms[:size] + terms[size:2 * size]).reshape(left_g.shape) - terms[2 * size:, None, None]
+    gain = (terms[:size] + terms[size:2 * size]).reshape(left_g.shape) - terms[2 * size:, None]
     # a child lighter than min_child_weight (or empty) makes a candidate invalid
     floor = max(int(encode_fixed(params.min_child_weight, f)), 1)
     light = ltz(party, add_public(party, np.concatenate([left_h.ravel(), right_h.ravel()]), -floor))
-    # a bin whose g and h sums are both 0 adds nothing: its candidate repeats the previous one exactly (XGBoost
-    # keeps the first of equal gains); mark it invalid rather than leave the tie to fixed-point noise
-    empty = eq(party, np.concatenate([hist_g.ravel(), hist_h.ravel()]), np.zeros(2 * size, DTYPE))
-    repeats = mul(party, empty[:size], empty[size:]).reshape(left_g.shape)
-    repeats[..., 0] = 0  # the first candidate of a feature repeats nothing
-    heavy = mul(party, add_public(party, -light[:size], 1), add_public(party, -light[size:], 1))
-    valid = mul(party, heavy, add_public(party, -repeats.ravel(), 1))
+    # a slot whose g and h sums are both 0 adds nothing, and a category whose sums equal a lower category's gives
+    # the same gain: candidates that repeat an earlier one exactly are marked invalid (XGBoost keeps the first of
+    # equal gains) rather than left to fixed-point noise; candidates that need missing values where the node has
+    # none are skipped, as XGBoost skips them
+    empty, duplicate = _repeated_sums(party, hist_g, hist_h, layout)
+    checks = mul(party, np.concatenate([add_public(party, -light[:size], 1),
+                                        add_public(party, -layout.repeats(empty, duplicate).ravel(), 1)]),
+                 np.concatenate([add_public(party, -light[size:], 1),
+                                 add_public(party, -layout.missing_absent(empty).ravel(), 1)]))
+    valid = mul(party, checks[:size], checks[size:])
     masked = add_public(party, mul(party, valid, add_public(party, gain.ravel(), -_MASKED_GAIN)), _MASKED_GAIN)
     best, selection = argmax(party, masked.reshape(nodes, -1), GAIN_TIE_ULPS)
     threshold_gain = encode_fixed(max(params.gamma, 1e-6) * 2.0 ** -scaling.gain_shift, f)
     above = ltz(party, add_public(party, -best, threshold_gain))  # [best > gamma]
     ok = mul(party, above, parent_ok)
-    picked = mul(party, selection, np.broadcast_to(data.thresholds, selection.shape))
-    feature = (selection * feature_of_column).sum(axis=1, dtype=DTYPE)
-    return ok, selection, feature, picked.sum(axis=1, dtype=DTYPE)
+    candidate_thresholds = data.thresholds[layout.threshold_index]
+    picked = mul(party, selection, np.broadcast_to(candidate_thresholds, selection.shape))
+    feature = (selection * layout.feature.astype(DTYPE)).sum(axis=1, dtype=DTYPE)
+    default_left = (selection * layout.default_left).sum(axis=1, dtype=DTYPE)
+    return ok, selection, feature, picked.sum(axis=1, dtype=DTYPE), default_left
+
+
+def _repeated_sums(party: Party, hist_g: np.ndarray, hist_h: np.ndarray,
+                   layout: CandidateLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Shares (0/1) of (slot has zero sums, category has the sums of a lower category), both (nodes, F, slots)."""
+    diff_g, diff_h = layout.pair_differences(hist_g), layout.pair_differences(hist_h)
+    values = np.concatenate([hist_g.ravel(), diff_g.ravel(), hist_h.ravel(), diff_h.ravel()])
+    zero = eq(party, values, np.zeros(values.size, DTYPE))
+    both = mul(party, zero[: values.size // 2], zero[values.size // 2:])
+    empty = both[: hist_g.size].reshape(hist_g.shape)
+    duplicate = np.zeros((hist_g.shape[0], hist_g[0].size), DTYPE)
+    if diff_g.size:
+        counts = layout.duplicate_counts(both[hist_g.size:].reshape(diff_g.shape))
+        duplicate[:, layout.duplicate_cells] = add_public(party, -eq(party, counts, np.zeros_like(counts)), 1)
+    return empty, duplicate.reshape(hist_g.shape)
 
 
 def _route(party: Party, route, membership: np.ndarray, selection: np.ndarray, ok: np.ndarray,
-           first_feature: np.ndarray, data: SharedData) -> np.ndarray:
+           first_feature: np.ndarray, layout: CandidateLayout) -> np.ndarray:
     """Children's membership (n × 2·nodes, interleaved left/right) after this level's splits."""
-    nodes = selection.shape[0]
-    per_feature = selection.reshape(nodes, data.n_features, data.n_bins)
-    goes_left = np.cumsum(per_feature[..., ::-1], axis=-1, dtype=DTYPE)[..., ::-1]  # bin b left iff b <= t
-    z = goes_left.reshape(nodes, -1)
-    # a node that does not split sends everyone left: Z = first feature's bins (X·Z = 1 for every sample)
+    z = layout.goes_left(selection)
+    # a node that does not split sends everyone left: Z = first feature's slots (X·Z = 1 for every sample)
     z = first_feature + mul(party, np.broadcast_to(ok[:, None], z.shape), z - first_feature)
     go_left = route.route(party, np.ascontiguousarray(z.T))  # n × nodes, 0/1
     left = mul(party, membership, go_left)
-    return np.stack([left, membership - left], axis=2).reshape(membership.shape[0], 2 * nodes)
+    return np.stack([left, membership - left], axis=2).reshape(membership.shape[0], 2 * selection.shape[0])
+
