@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from privboost.datasets import load_nhanes_diabetes
+from privboost.model import TreeEnsemble
 from privboost.mpc.ring import encode_fixed
 from privboost.mpc.runtime import run_local
 from privboost.mpc.shares import share_arith
@@ -188,10 +189,17 @@ def hospital_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hospitals")
     x, y = load_breast_cancer(return_X_y=True, as_frame=True)
     table = x.rename(columns=lambda c: c.replace(" ", "_"))
+    rng = np.random.default_rng(11)
+    for column in ("mean_radius", "worst_texture"):  # records with gaps, as hospitals have them
+        table.loc[rng.random(len(table)) < 0.1, column] = np.nan
+    # a referring clinic's code (categorical), informative and sometimes unrecorded
+    clinic = np.where(y == 1, rng.integers(0, 3, len(y)), rng.integers(2, 5, len(y))).astype(float)
+    clinic[rng.random(len(y)) < 0.1] = np.nan
+    table.insert(12, "clinic", clinic)
     table["patient"] = np.arange(len(table)) * 7 + 3
     table["malignant"] = y
-    a = table[["patient", *table.columns[:12], "malignant"]].sample(frac=1.0, random_state=3)
-    b = table[["patient", *table.columns[12:30]]]
+    a = table[["patient", *table.columns[:13], "malignant"]].sample(frac=1.0, random_state=3)
+    b = table[["patient", *table.columns[13:31]]]
     a.to_csv(folder / "A.csv", index=False)
     b.to_csv(folder / "B.csv", index=False)
     for i, idx in enumerate(np.array_split(np.random.default_rng(0).permutation(len(table)), 3)):
@@ -213,27 +221,57 @@ def test_cli_vertical_split_exact_contract(hospital_files):
     assert done.returncode == 0, done.stderr[-2000:]
     doc = json.loads((folder / "model.json").read_text())
     assert doc["learner"]["feature_names"][:2] == ["mean_radius", "mean_texture"]  # as the owners named them
-    reference = xgb_fit(table[doc["learner"]["feature_names"]].to_numpy(np.float32), table["malignant"].to_numpy(),
-                        SecureParams(n_estimators=3, max_depth=3, learning_rate=0.3), 16, 0.5)
-    expected = roc_auc_score(table["malignant"], reference.predict(xgb.DMatrix(
-        table[doc["learner"]["feature_names"]].to_numpy(np.float32))))
+    x = table[doc["learner"]["feature_names"]].to_numpy(np.float32)
+    reference = xgb_fit(x, table["malignant"].to_numpy(), SecureParams(n_estimators=3, max_depth=3,
+                                                                        learning_rate=0.3), 16, 0.5)
+    expected = roc_auc_score(table["malignant"], reference.predict(xgb_matrix(x)))
     assert abs(_auc_of(folder / "model.json", table) - expected) <= 0.005
+
+
+def test_cli_categorical_column_and_missing_values(hospital_files):
+    folder, table = hospital_files
+    done = _run_cli(["train", "secure", "--local", "--data", "A.csv", "--data", "B.csv", "--label", "malignant",
+                     "--split", "vertical", "--id-column", "patient", "--out", "cat.json", "--n-estimators", "3",
+                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--categorical", "clinic"],
+                    folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = TreeEnsemble.load(folder / "cat.json")
+    names = ours.feature_names
+    assert ours.feature_types[names.index("clinic")] == "c"
+    assert any(tree.categorical.any() for tree in ours.trees)  # the clinic code was split on, as a category
+    x = table[names].to_numpy(np.float32)
+    assert np.isnan(x).any()
+    booster = xgb.Booster()
+    booster.load_model(str(folder / "cat.json"))
+    loaded = booster.predict(xgb.DMatrix(x, feature_names=names, feature_types=ours.feature_types,
+                                         enable_categorical=True))
+    np.testing.assert_allclose(loaded, ours.predict(x), atol=1e-6)  # xgboost reads the categorical splits
+    categorical = (names.index("clinic"),)
+    reference = xgb_fit(x, table["malignant"].to_numpy(), SecureParams(n_estimators=3, max_depth=3,
+                                                                        learning_rate=0.3), 16, 0.5, categorical)
+    expected = roc_auc_score(table["malignant"], reference.predict(xgb_matrix(x, categorical=categorical)))
+    assert abs(roc_auc_score(table["malignant"], loaded) - expected) <= 0.005
 
 
 def test_cli_horizontal_split(hospital_files):
     folder, table = hospital_files
     done = _run_cli(["train", "secure", "--local", "--data", "H0.csv", "--data", "H1.csv", "--data", "H2.csv",
                      "--label", "malignant", "--split", "horizontal", "--out", "h.json", "--n-estimators", "3",
-                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--histograms", "shuffle"],
-                    folder)
+                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--histograms", "shuffle",
+                     "--categorical", "clinic"], folder)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert _auc_of(folder / "h.json", table) > 0.97
+    model = TreeEnsemble.load(folder / "h.json")
+    assert model.feature_types[model.feature_names.index("clinic")] == "c"
+    assert roc_auc_score(table["malignant"], model.predict(table[model.feature_names].to_numpy(np.float32))) > 0.97
 
 
 @pytest.mark.parametrize("args, message", [
     (["--label", "nope", "--split", "vertical", "--id-column", "patient"], "label"),
     (["--label", "malignant", "--split", "vertical"], "--id-column"),
     (["--label", "malignant", "--split", "diagonal", "--id-column", "patient"], "--split"),
+    (["--label", "malignant", "--split", "vertical", "--id-column", "patient", "--categorical", "ward"], "ward"),
+    (["--label", "malignant", "--split", "vertical", "--id-column", "patient", "--categorical", "mean_area"],
+     "integer category codes"),
 ])
 def test_cli_refuses_bad_jobs_without_writing_a_model(hospital_files, args, message):
     folder, _ = hospital_files

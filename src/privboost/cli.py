@@ -323,8 +323,12 @@ def train_secure(
     timeout_s: Annotated[float, typer.Option(help="per-message network timeout, seconds")] = 120.0,
     histograms: Annotated[str, typer.Option(help="onehot (reveals nothing; memory n·features·bins) or shuffle "
                                                  "(memory n·features; reveals each feature's bin counts)")] = "onehot",
+    categorical: Annotated[list[str], typer.Option(help="a column of integer category codes (repeat); split as "
+                                                        "one category against the rest")] = [],  # noqa: B006
 ) -> None:
-    """Secure training on secret-shared data (XORBoost-style): owners, two compute parties, dealer, analyst."""
+    """Secure training on secret-shared data (XORBoost-style): owners, two compute parties, dealer, analyst.
+
+    Missing values (empty cells) are allowed: every split learns where they go, as XGBoost does."""
     from privboost.mpc.transport import MpcError
     from privboost.secure.job import main_role
     from privboost.secure.trainer import SecureParams, TrainingError
@@ -360,7 +364,7 @@ def train_secure(
                                   f" · {event['bytes_sent'] / 1e6:,.0f} MB sent")
 
             reports = run_local_job(data, label, out, params, max_bin, split, id_column, frac_bits, timeout_s, show,
-                                    histograms=histograms)
+                                    histograms=histograms, categorical=categorical)
     except KeyboardInterrupt:
         _fail("interrupted: every role was stopped", 130)
     except (MpcError, TrainingError, ValueError, OSError) as exc:

@@ -137,8 +137,8 @@ def _secure_training_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndar
                           y_test: np.ndarray, trees: int) -> None:
     """Two hospitals train together on secret shares (vertical split by patient id); compare with pooled xgboost."""
     console.rule("[bold]6. two hospitals train a model together without pooling their records")
-    train = x_train.fillna(x_train.median()).reset_index(drop=True)  # each hospital imputes its own columns
-    test = x_test.fillna(x_train.median())
+    train = x_train.reset_index(drop=True)  # missing values stay missing: every split learns where they go
+    test = x_test
     train.insert(0, "patient_id", np.arange(len(train)) * 13 + 1000)
     train["diabetes"] = y_train
     demographics = ["patient_id", *train.columns[1:6], "diabetes"]
@@ -146,14 +146,15 @@ def _secure_training_step(workdir: Path, x_train: pd.DataFrame, y_train: np.ndar
     a, b = workdir / "hospital_a.csv", workdir / "hospital_b.csv"
     train[demographics].sample(frac=1.0, random_state=1).to_csv(a, index=False)
     train[labs].to_csv(b, index=False)
-    console.print(f"hospital A: {len(demographics) - 2} demographic columns + diagnosis; hospital B: "
-                  f"{len(labs) - 1} lab columns; {len(train)} patients matched by id; compute parties, dealer and "
-                  "analyst start as separate processes (TLS on loopback)")
+    console.print(f"hospital A: {len(demographics) - 2} demographic columns (sex as a category) + diagnosis; "
+                  f"hospital B: {len(labs) - 1} lab columns; {len(train)} patients matched by id, "
+                  f"{int(train.isna().to_numpy().sum())} values missing; compute parties, dealer and analyst start as "
+                  "separate processes (TLS on loopback)")
     model_path = workdir / "secure_model.json"
     t0 = time.perf_counter()
     _run(["train", "secure", "--local", "--data", str(a), "--data", str(b), "--label", "diabetes",
           "--split", "vertical", "--id-column", "patient_id", "--out", str(model_path), "--n-estimators", str(trees),
-          "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16"])
+          "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--categorical", "male"])
     seconds = time.perf_counter() - t0
     _compare_with_pooled(model_path, "secure (secret shares, never pooled)", {"max_depth": 3, "max_bin": 16,
                          "base_score": 0.5}, train, y_train, test, y_test, trees, f"secure training of {trees} trees",
@@ -168,12 +169,16 @@ def _compare_with_pooled(model_path: Path, title: str, params: dict, x_train: pd
 
     model = xgb.Booster()
     model.load_model(str(model_path))
-    names = model.feature_names
-    pooled = xgb.train({"objective": "binary:logistic", "eta": 0.3, "tree_method": "hist", **params},
-                       xgb.DMatrix(x_train[names], y_train), num_boost_round=trees)
+    names, types = model.feature_names, model.feature_types  # "c": a categorical column (one category vs the rest)
+
+    def matrix(x: pd.DataFrame, y: np.ndarray | None = None) -> xgb.DMatrix:
+        return xgb.DMatrix(x[names], y, feature_types=types, enable_categorical="c" in (types or []))
+
+    pooled = xgb.train({"objective": "binary:logistic", "eta": 0.3, "tree_method": "hist", "max_cat_to_onehot": 257,
+                        **params}, matrix(x_train, y_train), num_boost_round=trees)
     table = Table("model", "test AUC")
     for row, booster in ((title, model), ("xgboost on pooled data (for comparison)", pooled)):
-        table.add_row(row, f"{roc_auc_score(y_test, booster.predict(xgb.DMatrix(x_test[names]))):.4f}")
+        table.add_row(row, f"{roc_auc_score(y_test, booster.predict(matrix(x_test))):.4f}")
     console.print(table)
     console.print(f"{what} took {seconds:.0f} s; the model is XGBoost JSON: {model_path}")
 

@@ -33,7 +33,7 @@ from privboost.mpc.runtime import Party
 from privboost.mpc.transport import DEFAULT_TIMEOUT_S, Channel, MpcError, TlsListener, connect_tls
 from privboost.net.certs import CertPaths
 from privboost.secure.analyst import build_ensemble, reveal
-from privboost.secure.binning import bin_columns
+from privboost.secure.binning import bin_columns, categorical_mask
 from privboost.secure.histograms import ROUTES
 from privboost.secure.owner import (
     OwnerTable,
@@ -49,6 +49,7 @@ from privboost.secure.trainer import SecureParams, SharedData, TrainingError, Tr
 ROLES = ("dealer", "party0", "party1", "analyst")
 SPLITS = ("vertical", "horizontal")
 ANALYST_WAIT_S = 86_400.0  # how long the analyst waits for the parties to finish training
+COLUMN_FLAGS = ("categorical", "has_missing", "n_categories")  # per-column metadata every owner deals
 
 
 class JobError(MpcError):
@@ -73,6 +74,7 @@ class Job:
     data: str | None = None  # owners only
     out: str | None = None  # analyst only
     histograms: str = "onehot"  # or "shuffle" (see secure.histograms: memory vs leakage)
+    categorical: list[str] = field(default_factory=list)  # columns holding integer category codes
     extra: dict = field(default_factory=dict)
 
     @property
@@ -114,7 +116,8 @@ def load_job(path: str | os.PathLike) -> Job:
         return Job(role=role, split=split, label=str(job["label"]), owners=owners, addresses=addresses,
                    certs=certs, params=secure_params, max_bin=max_bin, frac_bits=int(job.get("frac_bits", 16)),
                    timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)), id_column=job.get("id_column"),
-                   data=job.get("data"), out=job.get("out"), histograms=_route_name(job.get("histograms", "onehot")))
+                   data=job.get("data"), out=job.get("out"), histograms=_route_name(job.get("histograms", "onehot")),
+                   categorical=[str(c) for c in job.get("categorical", [])])
     except KeyError as exc:
         raise JobError(f"job file {path} lacks {exc}") from exc
     except (TypeError, ValueError) as exc:
@@ -183,12 +186,14 @@ def run_owner(job: Job) -> dict:
         if job.split == "horizontal":
             analyst = _connect(job, "analyst")
             opened.append(analyst)
-            _send_json(analyst, {"features": table.feature_names, "summary": local_summary(table, job.max_bin)})
+            _send_json(analyst, {"features": table.feature_names,
+                                 "summary": local_summary(table, job.max_bin, job.categorical)})
             reply = _recv_json(analyst)
-            binned = bin_rows(table, [np.asarray(c, np.float32) for c in reply["cuts"]])
+            binned = bin_rows(table, [np.asarray(c, np.float32) for c in reply["cuts"]], job.max_bin, job.categorical)
             analyst.close()
         else:
-            binned = bin_columns(table.values, table.feature_names, job.max_bin) if table.feature_names else None
+            binned = (bin_columns(table.values, table.feature_names, job.max_bin, job.categorical)
+                      if table.feature_names else None)
         shares = prepare_shares(table, binned, job.max_bin, job.frac_bits, job.histograms)
         meta = {**shares.meta, "owner": job.role,
                 "shapes": {k: list(v.shape) for k, v in shares.arrays.items()}}
@@ -246,6 +251,7 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
         matrix = np.concatenate([a[job.histograms_array] for _, a in blocks], axis=1)
         thresholds = np.concatenate([a["thresholds"] for _, a in blocks])
         names = [name for m, _ in blocks for name in m["features"]]
+        columns = {key: np.concatenate([m[key] for m, _ in blocks]) for key in COLUMN_FLAGS}
         labels = next(a["labels"] for m, a in zip(metas, arrays, strict=True) if m["has_label"])
     else:
         if len(label_owners) != len(metas):
@@ -253,13 +259,23 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
         names = metas[0]["features"]
         if any(m["features"] != names for m in metas):
             raise JobError("in a horizontal split every owner must hold the same feature columns")
+        if any(m["categorical"] != metas[0]["categorical"] or m["n_categories"] != metas[0]["n_categories"]
+               for m in metas):
+            raise JobError("the owners binned their categorical columns differently")
         matrix = np.concatenate([a[job.histograms_array] for a in arrays], axis=0)
         thresholds = arrays[0]["thresholds"]  # the same merged cuts, dealt by owner 0
         labels = np.concatenate([a["labels"] for a in arrays])
+        columns = {"categorical": np.array(metas[0]["categorical"]), "n_categories": np.array(metas[0]["n_categories"]),
+                   "has_missing": np.any([m["has_missing"] for m in metas], axis=0)}
+    undeclared = sorted(set(job.categorical) - set(names))
+    if undeclared:
+        raise JobError(f"categorical column(s) {undeclared} are in no owner's features")
     bound = max(m["label_bound"] for m in metas)
+    flags = {"categorical": columns["categorical"].astype(bool), "has_missing": columns["has_missing"].astype(bool),
+             "n_categories": columns["n_categories"].astype(np.int64)}
     if job.histograms == "onehot":
-        return SharedData(matrix, labels, thresholds, len(names), n_bins), names, bound
-    return SharedData(None, labels, thresholds, len(names), n_bins, bins=matrix), names, bound
+        return SharedData(matrix, labels, thresholds, len(names), n_bins, **flags), names, bound
+    return SharedData(None, labels, thresholds, len(names), n_bins, bins=matrix, **flags), names, bound
 
 
 def _progress_printer(party_id: int):
@@ -310,7 +326,7 @@ def run_party(job: Job) -> dict:
         correlations.finish()
         analyst = _connect(job, "analyst")
         opened.append(analyst)
-        _send_result(analyst, result, names, params, job.frac_bits)
+        _send_result(analyst, result, names, data.categorical, params, job.frac_bits)
         if _recv_json(analyst).get("status") != "received":  # closing before this could lose unread data
             raise JobError("the analyst did not confirm the model shares")
         analyst.close()
@@ -322,14 +338,15 @@ def run_party(job: Job) -> dict:
         raise
 
 
-def _send_result(analyst: Channel, result: TrainResult, names: list[str], params: SecureParams,
-                 frac_bits: int) -> None:
-    _send_json(analyst, {"features": names, "params": params.__dict__, "frac_bits": frac_bits,
-                         "trees": len(result.trees), "depth": params.max_depth})
+def _send_result(analyst: Channel, result: TrainResult, names: list[str], categorical: np.ndarray,
+                 params: SecureParams, frac_bits: int) -> None:
+    _send_json(analyst, {"features": names, "categorical": [bool(c) for c in categorical],
+                         "params": params.__dict__, "frac_bits": frac_bits, "trees": len(result.trees),
+                         "depth": params.max_depth})
     analyst.send_array(result.base_score)
     for tree in result.trees:
         for level in range(params.max_depth):
-            for arr in (tree.split[level], tree.feature[level], tree.threshold[level]):
+            for arr in (tree.split[level], tree.feature[level], tree.threshold[level], tree.default_left[level]):
                 analyst.send_array(arr)
         analyst.send_array(tree.leaves)
 
@@ -344,6 +361,7 @@ def _recv_result(channel: Channel) -> tuple[dict, np.ndarray, list[TreeShares]]:
             tree.split.append(channel.recv_array())
             tree.feature.append(channel.recv_array())
             tree.threshold.append(channel.recv_array())
+            tree.default_left.append(channel.recv_array())
         tree.leaves = channel.recv_array()
         trees.append(tree)
     return meta, base, trees
@@ -362,7 +380,8 @@ def run_analyst(job: Job) -> dict:
             summaries = [_recv_json(owners[o]) for o in job.owners]
             if any(s["features"] != summaries[0]["features"] for s in summaries):
                 raise JobError("in a horizontal split every owner must hold the same feature columns")
-            cuts = merge_cuts([s["summary"] for s in summaries], job.max_bin)
+            cuts = merge_cuts([s["summary"] for s in summaries], job.max_bin,
+                              categorical_mask(summaries[0]["features"], job.categorical))
             for owner in job.owners:
                 _send_json(owners[owner], {"cuts": [c.astype(float).tolist() for c in cuts]})
         # training may take long: the analyst waits up to a day for the parties
@@ -378,7 +397,7 @@ def run_analyst(job: Job) -> dict:
         params = SecureParams(**meta0["params"])
         plain = reveal(trees0, trees1, frac_bits)
         base = float(((base0 + base1).view(np.int64) / 2.0**frac_bits)[0])
-        model = build_ensemble(plain, params, meta0["features"], base)
+        model = build_ensemble(plain, params, meta0["features"], base, meta0["categorical"])
         model.save(job.out)
         return {"role": "analyst", "out": job.out, "trees": len(plain), "base_score": base,
                 "peak_rss_gb": _peak_rss_gb()}

@@ -28,7 +28,8 @@ from privboost.secure.trainer import SecureParams
 
 def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_column: str | None,
                     out: Path, params: SecureParams, max_bin: int, frac_bits: int, timeout_s: float,
-                    host: str = "127.0.0.1", histograms: str = "onehot") -> dict[str, Path]:
+                    host: str = "127.0.0.1", histograms: str = "onehot",
+                    categorical: list[str] | None = None) -> dict[str, Path]:
     """Certificates and one TOML job file per role in ``workdir``; returns role -> job file."""
     owners = [f"owner{i}" for i in range(len(data))]
     roles = ["dealer", "party0", "party1", "analyst", *owners]
@@ -40,7 +41,7 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
     files = {}
     for role in roles:
         job = {"role": role, "split": split, "label": label, "owners": owners, "frac_bits": frac_bits,
-               "timeout_s": timeout_s, "histograms": histograms}
+               "timeout_s": timeout_s, "histograms": histograms, "categorical": list(categorical or [])}
         if id_column:
             job["id_column"] = id_column
         if role.startswith("owner"):
@@ -69,7 +70,8 @@ def _start(role: str, job_file: Path, log_dir: Path) -> tuple[subprocess.Popen, 
 def run_local_job(data: list[Path], label: str, out: Path, params: SecureParams, max_bin: int,
                   split: str = "vertical", id_column: str | None = None, frac_bits: int = 16,
                   timeout_s: float = 120.0, progress: Callable[[dict], None] | None = None,
-                  workdir: Path | None = None, histograms: str = "onehot") -> dict[str, dict]:
+                  workdir: Path | None = None, histograms: str = "onehot",
+                  categorical: list[str] | None = None) -> dict[str, dict]:
     """Run every role locally as its own process; returns each role's report. Raises JobError on failure."""
     if len(data) < 1:
         raise JobError("give at least one data file")
@@ -80,7 +82,7 @@ def run_local_job(data: list[Path], label: str, out: Path, params: SecureParams,
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         files = write_job_files(work, data, label, split, id_column, out, params, max_bin, frac_bits, timeout_s,
-                                histograms=histograms)
+                                histograms=histograms, categorical=categorical)
         procs: dict[str, tuple[subprocess.Popen, Path]] = {}
         reports: dict[str, dict] = {}
         outputs: dict[str, list[str]] = {}

@@ -9,10 +9,12 @@ Sharing: for each array the owner draws a fresh 256-bit seed, sends the seed to 
 stream of that seed) and value − stream to party 0, so party 1 receives 32 bytes per array.
 
 Leakage: to each compute party, one uniformly random share per array, plus public job metadata: the number of rows
-and columns per owner, column names, the number of bins, which owner holds the label, a SHA-256 digest of the sorted
-ids (vertical: so the parties can check that every owner holds the same samples), and for regression a power-of-two
+and columns per owner, column names, the number of bins, which columns are categorical and how many codes each
+has, which columns have any missing value, which owner holds the label, a SHA-256 digest of the sorted ids
+(vertical: so the parties can check that every owner holds the same samples), and for regression a power-of-two
 bound on |label|. Horizontal split: the merger (the analyst) sees each owner's local quantile summary (its cut
-points and the number of its rows between them); every owner learns the merged cut points.
+points and the number of its rows between them, missing values not counted; for a categorical column its largest
+code); every owner learns the merged cut points.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ import pandas as pd
 from privboost.data import DataError, feature_matrix, read_table
 from privboost.mpc.prg import Prg, new_seed
 from privboost.mpc.ring import as_ring, encode_fixed
-from privboost.secure.binning import BinnedColumns, bin_columns, bin_with_cuts, one_hot, threshold_bits
+from privboost.secure.binning import (
+    BinnedColumns,
+    bin_columns,
+    bin_with_cuts,
+    one_hot,
+    slots,
+    threshold_bits,
+)
 
 
 @dataclass
@@ -101,34 +110,46 @@ def prepare_shares(table: OwnerTable, binned: BinnedColumns | None, n_bins: int,
                    route: str = "onehot") -> OwnerShares:
     """The owner's one-hot block (or bin indices, for the shuffle route), thresholds and labels, to be shared."""
     arrays: dict[str, np.ndarray] = {}
+    columns = {"categorical": [], "has_missing": [], "n_categories": []}
     if binned is not None and binned.names:
         if route == "onehot":
-            arrays["onehot"] = one_hot(binned.bins, n_bins)
+            arrays["onehot"] = one_hot(binned.bins, slots(n_bins))
         else:
             arrays["bins"] = binned.bins.astype(np.uint64)
-        arrays["thresholds"] = threshold_bits(binned.cuts, n_bins)
+        arrays["thresholds"] = threshold_bits(binned, n_bins)
+        columns = {"categorical": binned.categorical.tolist(), "has_missing": binned.has_missing.tolist(),
+                   "n_categories": binned.n_categories.tolist()}
     if table.labels is not None:
         arrays["labels"] = encode_fixed(table.labels, frac_bits)
     meta = {"rows": table.rows, "features": table.feature_names, "n_bins": n_bins,
             "has_label": table.labels is not None, "ids_digest": table.ids_digest(),
-            "label_bound": table.label_bound(), "arrays": sorted(arrays)}
+            "label_bound": table.label_bound(), "arrays": sorted(arrays), **columns}
     return OwnerShares(meta, arrays)
 
 
-def local_summary(table: OwnerTable, max_bin: int) -> list[list[float]]:
-    """Horizontal split: this owner's sketch, per column [cut_0, ..., cut_K, count_0, ..., count_{K-1}]."""
-    binned = bin_columns(table.values, table.feature_names, max_bin)
+def local_summary(table: OwnerTable, max_bin: int, categorical: list[str] = ()) -> list[list[float]]:
+    """Horizontal split: this owner's sketch, per column [[cut_0, ..., cut_K], [count_0, ..., count_{K-1}]]
+    (missing values not counted); for a categorical column [[0, ..., max code], []]."""
+    binned = bin_columns(table.values, table.feature_names, max_bin, categorical)
     summary = []
     for j, cuts in enumerate(binned.cuts):
-        counts = np.bincount(binned.bins[:, j], minlength=cuts.size)
+        if binned.categorical[j]:
+            summary.append([cuts.astype(float).tolist(), []])
+            continue
+        present = binned.bins[:, j][binned.bins[:, j] < max_bin]
+        counts = np.bincount(present, minlength=cuts.size)
         summary.append([cuts.astype(float).tolist(), counts.astype(float).tolist()])
     return summary
 
 
-def merge_cuts(summaries: list[list], max_bin: int) -> list[np.ndarray]:
-    """Global cut points per column from the owners' local summaries, by weighted quantiles of their cuts."""
+def merge_cuts(summaries: list[list], max_bin: int, categorical: np.ndarray | None = None) -> list[np.ndarray]:
+    """Global cut points per column from the owners' local summaries, by weighted quantiles of their cuts; for a
+    categorical column (flagged in ``categorical``) the codes 0 .. the largest code any owner has."""
     merged = []
-    for column in zip(*summaries, strict=True):
+    for j, column in enumerate(zip(*summaries, strict=True)):
+        if categorical is not None and categorical[j]:
+            merged.append(np.arange(max(len(cuts) for cuts, _ in column), dtype=np.float32))
+            continue
         points = np.concatenate([np.asarray(cuts, np.float64) for cuts, _ in column])
         weights = np.concatenate([np.asarray(counts, np.float64) for _, counts in column])
         order = np.argsort(points, kind="stable")
@@ -142,6 +163,7 @@ def merge_cuts(summaries: list[list], max_bin: int) -> list[np.ndarray]:
     return merged
 
 
-def bin_rows(table: OwnerTable, cuts: list[np.ndarray]) -> BinnedColumns:
+def bin_rows(table: OwnerTable, cuts: list[np.ndarray], max_bin: int, categorical: list[str] = ()) -> BinnedColumns:
     """Horizontal split: bin this owner's rows with the merged cut points."""
-    return bin_with_cuts(table.values, table.feature_names, cuts)
+    return bin_with_cuts(table.values, table.feature_names, cuts, max_bin, categorical)
+
