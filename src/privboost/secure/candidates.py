@@ -161,24 +161,7 @@ class CandidateLayout:
         """Shares (0/1) of "this candidate needs missing values its node does not have", (nodes, C)."""
         return empty[:, self.feature, self.max_bin] * self.needs_missing
 
-    def scatter(self, selection: np.ndarray) -> np.ndarray:
-        """(nodes, F, kinds, max_bin) shares with each candidate's entry of ``selection`` (nodes, C), else 0."""
-        out = np.zeros((selection.shape[0], self.n_features * _KINDS * self.max_bin), DTYPE)
-        out[:, self._stat_index] = selection
-        return out.reshape(selection.shape[0], self.n_features, _KINDS, self.max_bin)
-
-    def goes_left(self, selection: np.ndarray) -> np.ndarray:
-        """Shares (0/1) per (node, feature slot), (nodes, F·(max_bin + 1)): 1 where the chosen split sends a slot
-        left, for the shared one-hot ``selection`` (nodes, C) of each node's chosen candidate."""
-        per_kind = self.scatter(selection)
-        forward, backward, category, with_missing = (per_kind[:, :, k] for k in range(_KINDS))
-
-        def at_or_above(x: np.ndarray) -> np.ndarray:  # slot s gets the sum over bins >= s
-            return np.cumsum(x[..., ::-1], axis=-1, dtype=DTYPE)[..., ::-1]
-
-        chosen_category = category.sum(axis=-1, dtype=DTYPE, keepdims=True)
-        chosen_with_missing = with_missing.sum(axis=-1, dtype=DTYPE, keepdims=True)
-        bins = (at_or_above(forward) + at_or_above(backward) - backward + chosen_category - category
-                + chosen_with_missing - with_missing)
-        missing = backward.sum(axis=-1, dtype=DTYPE, keepdims=True) + chosen_category
-        return np.concatenate([bins, missing], axis=-1).reshape(selection.shape[0], -1)
+    def feature_onehot(self, selection: np.ndarray) -> np.ndarray:
+        """Shares of the chosen feature's one-hot, (nodes, F), from the chosen candidate's one-hot (nodes, C)."""
+        starts = np.flatnonzero(np.r_[True, self.feature[1:] != self.feature[:-1]])
+        return np.add.reduceat(selection, starts, axis=1, dtype=DTYPE)

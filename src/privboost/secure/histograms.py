@@ -1,7 +1,7 @@
 """The two routes to per-bin sums in secure training, chosen per job (``histograms = "onehot" | "shuffle"``).
 
-Both give, for shared per-sample columns Y (n × k), the shared sums per (feature, bin) — X^T·Y for the one-hot
-matrix X — and, for a shared per-(feature, bin) matrix Z (F·B × nodes), the shared per-sample X·Z used for routing.
+Both give, for shared per-sample columns Y (n × k), the shared sums per (feature, slot) — X^T·Y for the one-hot
+matrix X. (Routing is the same for both routes: `routing`.)
 
 ``OneHotRoute`` (default): X (n × F·B) is shared once and its masked opening reused for every product
 (SecureML's reused-mask matrix triples, `protocols.arithmetic`). Reveals nothing. Memory: two n·F·B-word matrices
@@ -9,7 +9,7 @@ per party (E and this party's share), e.g. 3.8 GB at 25,000 × 300 × 32 bins; t
 
 ``ShuffleRoute``: per feature f a secret shuffle pi_f (Chase–Ghosh–Poburinnaya, as XORBoost applies permutations
 instead of re-sorting); the bins of feature f are shuffled by pi_f and *opened*. Each level, Y is shuffled by every
-pi_f and summed per bin locally; routing gathers Z by the opened bins and unshuffles. Memory n·F words per party,
+pi_f and summed per bin locally. Memory n·F words per party,
 whatever the number of bins. Leakage: opening the shuffled bins of a feature reveals how many samples fall in each
 of its bins (the feature's bin occupancy counts) — nothing about which sample is where, because no party knows
 pi_f. Quantile bins hold about n/B samples each by construction, so this mostly reveals ties and discreteness (e.g.
@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from privboost.mpc.protocols.arithmetic import matmul_fixed, matmul_fixed_t, share_fixed_operand
+from privboost.mpc.protocols.arithmetic import matmul_fixed_t, share_fixed_operand
 from privboost.mpc.protocols.shuffle import (
     new_shuffle_batch,
     shuffle_batch,
     shuffle_batch_shared,
-    unshuffle_batch,
 )
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
@@ -34,7 +33,7 @@ ROUTES = ("onehot", "shuffle")
 
 
 class OneHotRoute:
-    """Histograms and routing as products with the shared one-hot matrix (nothing revealed)."""
+    """Histograms as products with the shared one-hot matrix (nothing revealed)."""
 
     def __init__(self, party: Party, onehot: np.ndarray) -> None:
         self.fixed = share_fixed_operand(party, onehot, consume=True)  # the one-off opening of X - U
@@ -43,13 +42,9 @@ class OneHotRoute:
         """Shares of X^T·Y, (F·B) × k."""
         return matmul_fixed_t(party, self.fixed, columns)
 
-    def route(self, party: Party, z: np.ndarray) -> np.ndarray:
-        """Shares of X·Z, n × nodes."""
-        return matmul_fixed(party, self.fixed, z)
-
 
 class ShuffleRoute:
-    """Histograms and routing through one secret shuffle per feature (reveals per-feature bin counts)."""
+    """Histograms through one secret shuffle per feature (reveals per-feature bin counts)."""
 
     #: words per batched shuffle message: features are processed in groups so transient memory stays bounded
     CHUNK_WORDS = 1 << 24
@@ -84,13 +79,3 @@ class ShuffleRoute:
                 out[f, self.present[f]] = np.add.reduceat(moved[j][self.order[f]], self.starts[f], axis=0,
                                                           dtype=DTYPE)
         return out.reshape(-1, k)
-
-    def route(self, party: Party, z: np.ndarray) -> np.ndarray:
-        """Shares of sum_f Z[(f, bin of each sample in f)], n × nodes."""
-        per_feature = z.reshape(self.n_features, self.n_bins, -1)
-        n, k = self.bins.shape[1], per_feature.shape[2]
-        total = np.zeros((n, k), DTYPE)
-        for group in self._groups(n, k):
-            gathered = np.stack([per_feature[f][self.bins[f]] for f in range(group.start, group.stop)])
-            total += unshuffle_batch(party, self._sub_batch(group), gathered).sum(axis=0, dtype=DTYPE)
-        return total

@@ -15,8 +15,9 @@ structure of XORBoost (Deforth et al., PoPETs 2022):
   (Catrina–Saxena reciprocal), candidates with a child hessian below ``min_child_weight`` masked out;
 * the best split per node by a tree of comparisons (argmax → shared one-hot); a node splits only if its gain
   exceeds ``gamma`` (and its parent split), otherwise all its samples stay on the left path;
-* routing without revealing any path: every sample's shared node-membership vector is updated with
-  go_left = X·Z where Z is the (suffix-summed) one-hot of the chosen split (the same reused mask);
+* routing without revealing any path (`routing`): each sample's slot in the chosen feature is selected by a
+  reused-mask product with the shared slot-index matrix, compared with the chosen bin, and the shared
+  node-membership vectors are updated with the go-left bits;
 * leaf weights −G/(H+λ)·η by secure division, prediction update by shared membership × shared weights, and for
   ``binary:logistic`` the gradients from a secure sigmoid (`protocols.fixedpoint`).
 
@@ -51,6 +52,7 @@ from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
 from privboost.secure.candidates import CandidateLayout
 from privboost.secure.histograms import OneHotRoute, ShuffleRoute
+from privboost.secure.routing import Router, slot_indices_of_onehot
 
 OBJECTIVES = ("binary:logistic", "reg:squarederror")
 _MASKED_GAIN = -(1 << 60)
@@ -226,14 +228,15 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
     one = ring_constant(1 << f)
     started = time.perf_counter()
     clock = _Clock()
+    layout = data.layout()
     with clock("setup"):
         if data.onehot is not None:
+            router = Router(party, slot_indices_of_onehot(data.onehot, data.n_features, data.slots), layout)
             route: OneHotRoute | ShuffleRoute = OneHotRoute(party, data.onehot)
             data.onehot = None  # opened and re-shared: the caller's copy is no longer needed
         else:
+            router = Router(party, data.bins, layout)
             route = ShuffleRoute(party, data.bins, data.slots)
-    layout = data.layout()
-    first_feature = party.public((np.arange(m) < data.slots).astype(np.uint64))  # X·this = 1 for every sample
     margin, base_score = _base_margin(party, data, params)
     trees = []
     for tree_index in range(params.n_estimators):
@@ -260,7 +263,9 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
             shares.threshold.append(threshold)
             shares.default_left.append(default_left)
             with clock("routing"):
-                membership = _route(party, route, membership, selection, ok, first_feature, layout)
+                go_left = router.go_left(party, selection, ok)
+                left = mul(party, membership, go_left)
+                membership = np.stack([left, membership - left], axis=2).reshape(n, 2 * selection.shape[0])
             parent_ok = np.repeat(ok, 2)
             if progress:
                 progress({"tree": tree_index + 1, "trees": params.n_estimators, "level": level + 1,
@@ -357,15 +362,4 @@ def _repeated_sums(party: Party, hist_g: np.ndarray, hist_h: np.ndarray,
         counts = layout.duplicate_counts(both[hist_g.size:].reshape(diff_g.shape))
         duplicate[:, layout.duplicate_cells] = add_public(party, -eq(party, counts, np.zeros_like(counts)), 1)
     return empty, duplicate.reshape(hist_g.shape)
-
-
-def _route(party: Party, route, membership: np.ndarray, selection: np.ndarray, ok: np.ndarray,
-           first_feature: np.ndarray, layout: CandidateLayout) -> np.ndarray:
-    """Children's membership (n × 2·nodes, interleaved left/right) after this level's splits."""
-    z = layout.goes_left(selection)
-    # a node that does not split sends everyone left: Z = first feature's slots (X·Z = 1 for every sample)
-    z = first_feature + mul(party, np.broadcast_to(ok[:, None], z.shape), z - first_feature)
-    go_left = route.route(party, np.ascontiguousarray(z.T))  # n × nodes, 0/1
-    left = mul(party, membership, go_left)
-    return np.stack([left, membership - left], axis=2).reshape(membership.shape[0], 2 * selection.shape[0])
 
