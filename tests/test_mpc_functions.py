@@ -521,6 +521,25 @@ def test_reciprocal_error_bound(f, data):
         assert abs(r - 1 / x) <= bound, (f, big_x, float(r), float(abs(r - 1 / x)), float(bound))
 
 
+@MPC
+@given(st.sampled_from([(16, 15, 31), (16, 0, 24), (12, 9, 32), (20, 19, 40)]), st.data())
+def test_reciprocal_on_a_narrowed_domain(bounds, data):
+    """With a known range 2^min_bits <= X < 2^max_bits (as the gains' hessian sums have) the reciprocal keeps its
+    bound while bit-injecting only max_bits - min_bits positions (and, for max_bits <= 32, a shorter adder)."""
+    f, low, high = bounds
+    xs = [1 << low, (1 << low) + 1, (1 << high) - 1, 1 << (high - 1), (1 << (high - 1)) - 1]
+    xs += data.draw(st.lists(int_with_bits(low, high), min_size=1, max_size=24))
+
+    def narrowed(party, x):
+        return fp.reciprocal(party, x, max_bits=high, min_bits=low)
+
+    out = _decode(opened_result(narrowed, u64(xs), frac_bits=f), f)
+    for big_x, r in zip(xs, out, strict=True):
+        x = Fraction(big_x, 1 << f)
+        bound = Fraction(1, 1 << f) + Fraction(1, 1 << 20) / x
+        assert abs(r - 1 / x) <= bound, (f, big_x, float(r), float(abs(r - 1 / x)), float(bound))
+
+
 def _divide_safe_top(big_d: int, f: int) -> int:
     """The largest |N| for the denominator D inside divide's stated domain (|n/d| < 2^(62-2f-8), |N| < 2^62) for
     which also |N|·R < 2^62 for the largest reciprocal R that `reciprocal` may return at f+8 fractional bits

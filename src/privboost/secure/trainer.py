@@ -193,6 +193,8 @@ class Scaling:
 
     gain_shift: int  # gains are computed as (G · 2^-shift) · G/(H+λ)
     division_extra_bits: int
+    #: every divisor H + λ lies in [2^(low - f), 2^(high - f)): h <= 1 per sample, H >= 0 up to rounding
+    divisor_bits: tuple[int, int] = (0, 38)
 
     @classmethod
     def choose(cls, n: int, params: SecureParams, frac_bits: int) -> Scaling:
@@ -204,7 +206,9 @@ class Scaling:
             raise TrainingError(f"{frac_bits} fractional bits leave no room for {n} samples with gradient bound "
                                 f"{params.gradient_bound}; use fewer fractional bits")
         shift = max(0, math.ceil(g_bits + q_bits + 2 * frac_bits - 60))
-        return cls(shift, extra)
+        low = max(0, math.floor(math.log2(params.reg_lambda)) + frac_bits - 1)  # half of λ: slack for rounding
+        high = math.ceil(math.log2(n + params.reg_lambda)) + frac_bits + 1
+        return cls(shift, extra, (low, high))
 
 
 Progress = Callable[[dict], None]
@@ -274,7 +278,8 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
         with clock("leaves"):
             leaf_g, leaf_h = np.split(_weighted_gradients(party, membership, g, h).sum(axis=0, dtype=DTYPE), 2)
             weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
-                            extra_bits=scaling.division_extra_bits)
+                            extra_bits=scaling.division_extra_bits, min_bits=scaling.divisor_bits[0],
+                            max_bits=scaling.divisor_bits[1])
             weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
             shares.leaves = weight
             margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1,
@@ -319,7 +324,8 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     numerators = np.concatenate([left_g.ravel(), right_g.ravel(), total_g])
     hessians = np.concatenate([left_h.ravel(), right_h.ravel(), total_h])
     lam = encode_fixed(params.reg_lambda, f)
-    quotients = divide(party, numerators, add_public(party, hessians, lam), extra_bits=scaling.division_extra_bits)
+    quotients = divide(party, numerators, add_public(party, hessians, lam), extra_bits=scaling.division_extra_bits,
+                       min_bits=scaling.divisor_bits[0], max_bits=scaling.divisor_bits[1])
     scaled = truncate(party, numerators, scaling.gain_shift) if scaling.gain_shift else numerators
     terms = truncate(party, mul(party, scaled, quotients))
     size = left_g.size

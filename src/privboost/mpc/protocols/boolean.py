@@ -43,8 +43,12 @@ def not_words(party: Party, x: np.ndarray) -> np.ndarray:
     return ~x if party.is_leader else x.copy()
 
 
-def a2b(party: Party, x: np.ndarray) -> np.ndarray:
-    """XOR shares of the 64 bits of the arithmetic-shared x (Kogge-Stone adder over x0 + x1, 7 rounds)."""
+def a2b(party: Party, x: np.ndarray, bits: int = 64) -> np.ndarray:
+    """XOR shares of the 64 bits of the arithmetic-shared x (Kogge-Stone adder over x0 + x1, 7 rounds).
+
+    With ``bits`` <= 32 only the low ``bits`` bits are exact (the carries are propagated 31 places, 6 rounds):
+    enough when the caller knows x < 2^bits.
+    """
     x = np.asarray(x, DTYPE)
     zero = np.zeros_like(x)
     own_first, own_second = (x, zero) if party.is_leader else (zero, x)
@@ -55,7 +59,8 @@ def a2b(party: Party, x: np.ndarray) -> np.ndarray:
         s = np.uint64(shift)
         both = and_words(party, np.stack([propagate, propagate]), np.stack([generate << s, propagate << s]))
         generate, propagate = generate ^ both[0], both[1]
-    generate = generate ^ and_words(party, propagate, generate << np.uint64(32))
+    if bits > 32:
+        generate = generate ^ and_words(party, propagate, generate << np.uint64(32))
     return original_propagate ^ (generate << _ONE)  # sum bit i = p_i XOR carry into i
 
 

@@ -96,33 +96,47 @@ def warm_up() -> None:
 
 
 def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
-               out_bits: int | None = None) -> np.ndarray:
-    """Shares of 1/x at ``out_bits`` fractional bits (default f) for fixed-point x, 2^-f <= x < 2^(max_bits - f)."""
+               out_bits: int | None = None, min_bits: int = 0) -> np.ndarray:
+    """Shares of 1/x at ``out_bits`` fractional bits (default f) for fixed-point x, 2^-f <= x < 2^(max_bits - f).
+
+    A caller that knows x >= 2^(min_bits - f) too says so: only the bit positions min_bits .. max_bits - 1 can
+    hold x's top bit, so the normalising power of two costs that many bit injections instead of max_bits, and for
+    max_bits <= 32 the bit decomposition and prefix-OR take a round less each.
+    """
     f = party.frac_bits
     out_bits = f if out_bits is None else out_bits
-    internal = SAFE_MAGNITUDE_BITS - max_bits - 1  # R <= 2^(internal+1), c < 2^max_bits: R·c < 2^62
+    # R <= 2^(internal+1), c < 2^max_bits: R·c < 2^62; Newton's products x·y need 2·internal + 2 < 62 bits
+    internal = min(SAFE_MAGNITUDE_BITS - max_bits - 1, SAFE_MAGNITUDE_BITS // 2 - 1)
     if internal < 8 or internal + max_bits - f - out_bits < 1:
         raise ValueError(f"max_bits={max_bits} and out_bits={out_bits} leave too little precision "
                          f"with {f} fractional bits")
+    if not 0 <= min_bits < max_bits:
+        raise ValueError(f"need 0 <= min_bits < max_bits, got {min_bits} and {max_bits}")
     x = np.asarray(x, DTYPE)
-    spread = a2b(party, x)
-    for shift in (1, 2, 4, 8, 16, 32):  # ones from the top set bit down
+    spread = a2b(party, x, max_bits) & np.uint64((1 << max_bits) - 1)  # bits >= max_bits are 0 (or inexact)
+    shift = 1
+    while shift < max_bits - min_bits:  # ones from the top set bit down, over the positions that can hold it
         spread = or_words(party, spread, spread >> np.uint64(shift))
-    scale = _msb_scale(party, spread ^ (spread >> np.uint64(1)), max_bits)  # 2^(max_bits - 1 - k)
-    normalised = truncate(party, mul(party, x, scale), max_bits - internal)  # in [0.5, 1), `internal` bits
+        shift *= 2
+    top = (spread ^ (spread >> np.uint64(1))) >> np.uint64(min_bits)  # x's top bit, at position k - min_bits
+    scale = _msb_scale(party, top, max_bits - min_bits)  # 2^(max_bits - 1 - k)
+    product = mul(party, x, scale)  # in [2^(max_bits-1), 2^max_bits)
+    drop = max_bits - internal  # to [0.5, 1) at `internal` bits: a truncation, or an exact shift for small x
+    normalised = truncate(party, product, drop) if drop > 0 else product << np.uint64(-drop)
     inverse = _newton_reciprocal(party, normalised, internal)
     return truncate(party, mul(party, inverse, scale), internal + max_bits - f - out_bits)
 
 
 def divide(party: Party, numerator: np.ndarray, denominator: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
-           extra_bits: int = DIVISION_EXTRA_BITS) -> np.ndarray:
-    """Shares of numerator / denominator (fixed point) for a positive denominator in reciprocal's domain.
+           extra_bits: int = DIVISION_EXTRA_BITS, min_bits: int = 0) -> np.ndarray:
+    """Shares of numerator / denominator (fixed point) for a positive denominator in reciprocal's domain
+    (2^(min_bits - f) <= denominator < 2^(max_bits - f)).
 
     The reciprocal carries ``extra_bits`` more fractional bits so a large numerator keeps its precision; requires
     |n/d|·2^(2f + extra_bits) + |n|·2^f < 2^62 (the reciprocal may be rounded up by one unit).
     """
     bits = party.frac_bits + extra_bits
-    return truncate(party, mul(party, numerator, reciprocal(party, denominator, max_bits, bits)), bits)
+    return truncate(party, mul(party, numerator, reciprocal(party, denominator, max_bits, bits, min_bits)), bits)
 
 
 def _exp_neg_internal(party: Party, t: np.ndarray) -> np.ndarray:
