@@ -1,8 +1,8 @@
-"""The split candidates secure training evaluates per node, in XGBoost's order, and how each one routes samples.
+"""The split candidates secure training evaluates per node, in XGBoost's order (`routing` sends samples by them).
 
-A candidate is a (feature, scan, bin) triple; its left child's sums, its validity rules and the pattern that sends
-samples left are all *linear* in the shared histograms or in the shared one-hot of the chosen candidate, so this
-module only does local arithmetic on shares, with public index arrays. Kinds (rules of xgboost 3.2's
+A candidate is a (feature, kind, bin) triple; its left child's sums, its validity rules and the chosen feature's
+one-hot are all *linear* in the shared histograms or in the shared one-hot of the chosen candidate, so this module
+only does local arithmetic on shares, with public index arrays. Kinds (rules of xgboost 3.2's
 ``HistEvaluator::EnumerateSplit`` / ``EnumerateOneHot``, src/tree/hist/evaluate_splits.h):
 
 * ``FORWARD`` t (numerical): bins <= t left, missing values right (default right);
@@ -20,7 +20,8 @@ Order within a feature is XGBoost's evaluation order (forward bins ascending, th
 categorical feature, per category the missing-left candidate first), features in index order, so "the first of
 equal gains" — XGBoost's tie rule — is "the lowest candidate index".
 
-Leakage: none; the layout is public (it depends only on which columns are categorical or have missing values).
+Leakage: none; the layout is public (it depends only on which columns are categorical, their category counts, and
+which have missing values).
 """
 
 from __future__ import annotations
