@@ -11,17 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from sklearn.datasets import load_breast_cancer, load_diabetes, make_classification
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris, load_wine, make_classification
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from privboost.datasets import load_nhanes_diabetes
 from privboost.model import TreeEnsemble
-from privboost.mpc.ring import encode_fixed
 from privboost.mpc.runtime import run_local
 from privboost.mpc.shares import share_arith
 from privboost.secure.analyst import build_ensemble, reveal
 from privboost.secure.binning import bin_columns, one_hot, slots, threshold_bits
+from privboost.secure.owner import encode_labels
 from privboost.secure.trainer import SecureParams, SharedData, TrainingError, train
 
 
@@ -31,7 +31,7 @@ def secure_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int,
     names = [f"f{j}" for j in range(x.shape[1])]
     binned = bin_columns(x, names, max_bin, [names[j] for j in categorical])
     matrix = one_hot(binned.bins, slots(max_bin)) if route == "onehot" else binned.bins.astype(np.uint64)
-    shared_x, shared_y = share_arith(matrix), share_arith(encode_fixed(y, frac_bits))
+    shared_x, shared_y = share_arith(matrix), share_arith(encode_labels(y, frac_bits, params.num_class))
     shared_t = share_arith(threshold_bits(binned, max_bin))
 
     def program(party):
@@ -116,6 +116,25 @@ def test_splits_identical_to_xgboost_with_missing_values_and_categories(route):
     assert gap < 1e-5
 
 
+@pytest.mark.parametrize("loader", [load_iris, load_wine])
+def test_multiclass_trees_identical_to_xgboost(loader):
+    x, y = loader(return_X_y=True)
+    x = x.astype(np.float32)
+    params = SecureParams(objective="multi:softprob", num_class=3, n_estimators=3, max_depth=3, learning_rate=0.3,
+                          base_score=0.5)
+    model, _ = secure_fit(x, y.astype(np.float64), params, max_bin=16, frac_bits=20)
+    booster = xgb.train({"tree_method": "hist", "max_bin": 16, "max_depth": 3, "eta": 0.3, "base_score": 0.5,
+                         "objective": "multi:softprob", "num_class": 3, "nthread": 2}, xgb_matrix(x, y), 3)
+    ours, theirs = _trees(model.to_booster()), _trees(booster)
+    assert len(ours) == len(theirs) == 9  # one tree per class per round, in xgboost's order
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert mine["left_children"] == ref["left_children"]
+        assert mine["split_indices"] == ref["split_indices"]
+    probabilities = model.predict(x)
+    assert probabilities.shape == (len(y), 3)
+    assert np.abs(probabilities - booster.predict(xgb_matrix(x))).max() < 1e-5
+
+
 def _nhanes():
     frame, labels = load_nhanes_diabetes()  # real missing values (NaN) are kept; "male" is categorical
     rows = np.random.default_rng(0).choice(len(frame), 2500, replace=False)
@@ -173,7 +192,13 @@ def test_message_trace_does_not_depend_on_the_data():
 
 def test_bad_parameters_are_refused():
     with pytest.raises(TrainingError, match="objective"):
+        SecureParams(objective="rank:pairwise").check()
+    with pytest.raises(TrainingError, match="num_class"):
         SecureParams(objective="multi:softprob").check()
+    with pytest.raises(TrainingError, match="num_class"):
+        SecureParams(objective="binary:logistic", num_class=3).check()
+    with pytest.raises(TrainingError, match="between 2"):
+        SecureParams(objective="multi:softprob", num_class=1).check()
     with pytest.raises(TrainingError, match="max_depth"):
         SecureParams(max_depth=0).check()
 
@@ -263,6 +288,23 @@ def test_cli_horizontal_split(hospital_files):
     model = TreeEnsemble.load(folder / "h.json")
     assert model.feature_types[model.feature_names.index("clinic")] == "c"
     assert roc_auc_score(table["malignant"], model.predict(table[model.feature_names].to_numpy(np.float32))) > 0.97
+
+
+def test_cli_multiclass(tmp_path):
+    x, y = load_wine(return_X_y=True, as_frame=True)
+    table = x.assign(patient=np.arange(len(x)), cultivar=y)
+    table[["patient", *x.columns[:6], "cultivar"]].to_csv(tmp_path / "A.csv", index=False)
+    table[["patient", *x.columns[6:]]].to_csv(tmp_path / "B.csv", index=False)
+    done = _run_cli(["train", "secure", "--local", "--data", "A.csv", "--data", "B.csv", "--label", "cultivar",
+                     "--split", "vertical", "--id-column", "patient", "--out", "wine.json", "--n-estimators", "2",
+                     "--max-depth", "2", "--learning-rate", "0.3", "--max-bin", "16", "--objective",
+                     "multi:softprob"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    booster = xgb.Booster()
+    booster.load_model(str(tmp_path / "wine.json"))
+    probabilities = booster.predict(xgb.DMatrix(table[booster.feature_names]))
+    assert probabilities.shape == (len(y), 3)  # num_class inferred from the labels 0..2
+    assert (probabilities.argmax(axis=1) == y).mean() > 0.9
 
 
 @pytest.mark.parametrize("args, message", [

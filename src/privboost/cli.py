@@ -286,16 +286,26 @@ train_app = typer.Typer(help="Train XGBoost models without pooling the data.", n
 app.add_typer(train_app, name="train")
 
 
-def _infer_objective(data: list[Path], label: str) -> str:
+def _label_values(data: list[Path], label: str) -> set:
     from privboost.data import read_table
 
     for path in data:
         table = read_table(path)
         if label in table.columns:
-            values = set(table[label].dropna().unique().tolist())
-            return "binary:logistic" if values <= {0, 1} else "reg:squarederror"
+            return set(table[label].dropna().unique().tolist())
     _fail(f"no data file has the label column {label!r}", 2)
-    return ""
+    return set()
+
+
+def _infer_objective(data: list[Path], label: str) -> str:
+    return "binary:logistic" if _label_values(data, label) <= {0, 1} else "reg:squarederror"
+
+
+def _infer_num_class(data: list[Path], label: str) -> int:
+    values = _label_values(data, label)
+    if not values or any(float(v) != int(v) or v < 0 for v in values):
+        _fail("multi:softprob needs integer class labels 0..K-1 (or give --num-class)", 2)
+    return int(max(values)) + 1
 
 
 @train_app.command("secure")
@@ -313,7 +323,7 @@ def train_secure(
     max_depth: Annotated[int, typer.Option(help="depth of every tree")] = 4,
     learning_rate: Annotated[float, typer.Option(help="shrinkage eta")] = 0.3,
     max_bin: Annotated[int, typer.Option(help="quantile bins per feature (2-256)")] = 32,
-    objective: Annotated[str | None, typer.Option(help="binary:logistic or reg:squarederror "
+    objective: Annotated[str | None, typer.Option(help="binary:logistic, reg:squarederror or multi:softprob "
                                                        "(default: from the label's values)")] = None,
     reg_lambda: Annotated[float, typer.Option(help="L2 regularisation lambda")] = 1.0,
     gamma: Annotated[float, typer.Option(help="minimum loss reduction to split")] = 0.0,
@@ -325,6 +335,8 @@ def train_secure(
                                                  "(memory n·features; reveals each feature's bin counts)")] = "onehot",
     categorical: Annotated[list[str], typer.Option(help="a column of integer category codes (repeat); split as "
                                                         "one category against the rest")] = [],  # noqa: B006
+    num_class: Annotated[int | None, typer.Option(help="classes for multi:softprob (default: largest label + 1)")]
+        = None,
 ) -> None:
     """Secure training on secret-shared data (XORBoost-style): owners, two compute parties, dealer, analyst.
 
@@ -350,13 +362,18 @@ def train_secure(
     from privboost.secure.local import run_local_job
 
     try:
-        params = SecureParams(objective=objective or _infer_objective(data, label), n_estimators=n_estimators,
-                              max_depth=max_depth, learning_rate=learning_rate, reg_lambda=reg_lambda, gamma=gamma,
-                              min_child_weight=min_child_weight, base_score=base_score)
+        objective = objective or ("multi:softprob" if num_class else _infer_objective(data, label))
+        if objective == "multi:softprob" and not num_class:
+            num_class = _infer_num_class(data, label)
+        params = SecureParams(objective=objective, n_estimators=n_estimators, max_depth=max_depth,
+                              learning_rate=learning_rate, reg_lambda=reg_lambda, gamma=gamma,
+                              min_child_weight=min_child_weight, base_score=base_score,
+                              num_class=num_class if objective == "multi:softprob" else 0)
         params.check()
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[detail]}"),
                       TimeElapsedColumn(), console=err, transient=False) as bar:
-            task = bar.add_task("secure training", total=n_estimators * max_depth, detail="starting roles")
+            task = bar.add_task("secure training", total=n_estimators * params.outputs * max_depth,
+                                detail="starting roles")
 
             def show(event: dict) -> None:
                 bar.update(task, completed=(event["tree"] - 1) * event["depth"] + event["level"],

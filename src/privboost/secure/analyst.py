@@ -65,6 +65,8 @@ def build_ensemble(plain_trees: list[dict], params: SecureParams, feature_names:
     ``categorical`` flags the categorical features (XGBoost feature type ``c``)."""
     flags = np.zeros(len(feature_names), bool) if categorical is None else np.asarray(categorical, bool)
     trees = [_build_tree(t, params.max_depth, flags) for t in plain_trees]
-    return TreeEnsemble(trees=trees, tree_group=np.zeros(len(trees), np.int32), feature_names=list(feature_names),
-                        feature_types=["c" if c else "float" for c in flags], objective=params.objective,
-                        base_score=np.array([base_score], np.float32))
+    outputs = params.outputs  # multi:softprob: round-major, one tree per class per round
+    return TreeEnsemble(trees=trees, tree_group=(np.arange(len(trees)) % outputs).astype(np.int32),
+                        feature_names=list(feature_names), feature_types=["c" if c else "float" for c in flags],
+                        objective=params.objective, base_score=np.full(outputs, base_score, np.float32),
+                        num_class=params.num_class)

@@ -194,7 +194,7 @@ def run_owner(job: Job) -> dict:
         else:
             binned = (bin_columns(table.values, table.feature_names, job.max_bin, job.categorical)
                       if table.feature_names else None)
-        shares = prepare_shares(table, binned, job.max_bin, job.frac_bits, job.histograms)
+        shares = prepare_shares(table, binned, job.max_bin, job.frac_bits, job.histograms, job.params.num_class)
         meta = {**shares.meta, "owner": job.role,
                 "shapes": {k: list(v.shape) for k, v in shares.arrays.items()}}
         to0, to1 = _connect(job, "party0"), _connect(job, "party1")

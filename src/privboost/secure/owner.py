@@ -106,8 +106,20 @@ class OwnerShares:
     arrays: dict[str, np.ndarray]
 
 
+def encode_labels(labels: np.ndarray, frac_bits: int, num_class: int = 0) -> np.ndarray:
+    """Labels as the parties take them: fixed point, or for ``num_class`` classes (multi:softprob) the n × K
+    one-hot of the class codes 0..K-1, fixed point. Raises DataError on codes outside 0..K-1."""
+    labels = np.asarray(labels, np.float64)
+    if not num_class:
+        return encode_fixed(labels, frac_bits)
+    codes = labels.astype(np.int64)
+    if np.any(codes != labels) or np.any(codes < 0) or np.any(codes >= num_class):
+        raise DataError(f"multi:softprob needs class labels 0..{num_class - 1}")
+    return encode_fixed(np.eye(num_class)[codes], frac_bits)
+
+
 def prepare_shares(table: OwnerTable, binned: BinnedColumns | None, n_bins: int, frac_bits: int,
-                   route: str = "onehot") -> OwnerShares:
+                   route: str = "onehot", num_class: int = 0) -> OwnerShares:
     """The owner's one-hot block (or bin indices, for the shuffle route), thresholds and labels, to be shared."""
     arrays: dict[str, np.ndarray] = {}
     columns = {"categorical": [], "has_missing": [], "n_categories": []}
@@ -120,7 +132,7 @@ def prepare_shares(table: OwnerTable, binned: BinnedColumns | None, n_bins: int,
         columns = {"categorical": binned.categorical.tolist(), "has_missing": binned.has_missing.tolist(),
                    "n_categories": binned.n_categories.tolist()}
     if table.labels is not None:
-        arrays["labels"] = encode_fixed(table.labels, frac_bits)
+        arrays["labels"] = encode_labels(table.labels, frac_bits, num_class)
     meta = {"rows": table.rows, "features": table.feature_names, "n_bins": n_bins,
             "has_label": table.labels is not None, "ids_digest": table.ids_digest(),
             "label_bound": table.label_bound(), "arrays": sorted(arrays), **columns}

@@ -18,8 +18,10 @@ structure of XORBoost (Deforth et al., PoPETs 2022):
 * routing without revealing any path (`routing`): each sample's slot in the chosen feature is selected by a
   reused-mask product with the shared slot-index matrix, compared with the chosen bin, and the shared
   node-membership vectors are updated with the go-left bits;
-* leaf weights −G/(H+λ)·η by secure division, prediction update by shared membership × shared weights, and for
-  ``binary:logistic`` the gradients from a secure sigmoid (`protocols.fixedpoint`).
+* leaf weights −G/(H+λ)·η by secure division, prediction update by shared membership × shared weights; for
+  ``binary:logistic`` the gradients from a secure sigmoid, for ``multi:softprob`` from a secure softmax (max by
+  argmax, e^-(max − m) by `protocols.fixedpoint.exp_neg`, one reciprocal of the sum in [1, K]) with XGBoost's
+  g = p − y, h = 2p(1 − p), and one tree per class per round.
 
 Every message size depends only on public sizes (n, F, B, depth, trees), never on the data.
 
@@ -47,14 +49,15 @@ from privboost.mpc.protocols.arithmetic import (
     truncate,
 )
 from privboost.mpc.protocols.compare import eq, ltz
-from privboost.mpc.protocols.fixedpoint import divide, sigmoid
+from privboost.mpc.protocols.fixedpoint import divide, exp_neg, reciprocal, sigmoid
 from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
 from privboost.secure.candidates import CandidateLayout
 from privboost.secure.histograms import OneHotRoute, ShuffleRoute
 from privboost.secure.routing import Router, slot_indices_of_onehot
 
-OBJECTIVES = ("binary:logistic", "reg:squarederror")
+OBJECTIVES = ("binary:logistic", "reg:squarederror", "multi:softprob")
+MAX_CLASSES = 64
 _MASKED_GAIN = -(1 << 60)
 #: gains closer than this (in units of 2^-f) are ties, resolved to the lowest (feature, bin) as XGBoost does;
 #: fixed-point truncation makes equal gains differ by a few units
@@ -76,8 +79,14 @@ class SecureParams:
     reg_lambda: float = 1.0
     gamma: float = 0.0
     min_child_weight: float = 1.0
-    base_score: float | None = None  # None: 0.5 for logistic, the (securely computed) label mean for regression
+    base_score: float | None = None  # None: 0.5 for logistic and softprob, the (secure) label mean for regression
     gradient_bound: float = 1.0  # public bound on |g| (1 for logistic; for regression from the label range)
+    num_class: int = 0  # K for multi:softprob (labels 0..K-1, K trees per round), else 0
+
+    @property
+    def outputs(self) -> int:
+        """Trees per boosting round: K for multi:softprob, else 1."""
+        return self.num_class if self.objective == "multi:softprob" else 1
 
     def check(self) -> None:
         """Raise `TrainingError` on parameters outside what the trainer supports."""
@@ -91,6 +100,10 @@ class SecureParams:
             raise TrainingError("gamma and min_child_weight must be >= 0, gradient_bound > 0")
         if self.objective == "binary:logistic" and not 0 < (0.5 if self.base_score is None else self.base_score) < 1:
             raise TrainingError("base_score must be in (0, 1) for binary:logistic")
+        if (self.objective == "multi:softprob") != (self.num_class != 0):
+            raise TrainingError("num_class goes with objective multi:softprob (and only with it)")
+        if self.objective == "multi:softprob" and not 2 <= self.num_class <= MAX_CLASSES:
+            raise TrainingError(f"num_class must be between 2 and {MAX_CLASSES}")
 
 
 @dataclass
@@ -104,7 +117,7 @@ class SharedData:
     """
 
     onehot: np.ndarray | None  # n × F·(B+1), 0/1 (integers, not fixed point)
-    labels: np.ndarray  # n, fixed point
+    labels: np.ndarray  # n, fixed point (multi:softprob: n × K one-hot, fixed point)
     thresholds: np.ndarray  # F·2·B, float32 bit patterns of the split values (`binning.threshold_bits`)
     n_features: int
     n_bins: int
@@ -147,7 +160,7 @@ class TrainResult:
     """One party's shares of the finished model: every tree and the base score (value space)."""
 
     trees: list[TreeShares]
-    base_score: np.ndarray  # shape (1,), fixed point
+    base_score: np.ndarray  # shape (1,), fixed point (multi:softprob: the same for every class)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per phase (setup, histograms, ...)
 
 
@@ -171,9 +184,16 @@ class _Clock:
 
 
 def _base_margin(party: Party, data: SharedData, params: SecureParams) -> tuple[np.ndarray, np.ndarray]:
-    """(shared starting margin per sample, shared base score) — the label mean for regression by default."""
+    """(shared starting margin per sample, shared base score) — the label mean for regression by default.
+
+    multi:softprob: margin n × K, every class starting at the base score (softmax ignores a common shift, so any
+    base score trains the same model; XGBoost stores it as given)."""
     f = party.frac_bits
     n = data.labels.shape[0]
+    if params.objective == "multi:softprob":
+        score = 0.5 if params.base_score is None else params.base_score
+        base = encode_fixed(np.array([score]), f)
+        return party.public(np.full((n, params.num_class), base[0], DTYPE)), party.public(base)
     if params.objective == "binary:logistic":
         score = 0.5 if params.base_score is None else params.base_score
         margin = party.public(np.full(n, encode_fixed(math.log(score / (1 - score)), f), DTYPE))
@@ -228,8 +248,10 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
     if given.shape != expected or data.thresholds.shape != (2 * data.n_features * data.n_bins,) or not flags_ok:
         raise TrainingError(f"shared data shapes do not agree: {given.shape} for {n} rows, "
                             f"{data.n_features} features × {data.n_bins} bins (+ a missing slot)")
+    if params.objective == "multi:softprob" and data.labels.shape != (n, params.num_class):
+        raise TrainingError(f"multi:softprob needs one-hot labels of shape ({n}, {params.num_class}), "
+                            f"got {data.labels.shape}")
     scaling = Scaling.choose(n, params, f)
-    one = ring_constant(1 << f)
     started = time.perf_counter()
     clock = _Clock()
     layout = data.layout()
@@ -242,50 +264,94 @@ def train(party: Party, data: SharedData, params: SecureParams, progress: Progre
             router = Router(party, data.bins, layout)
             route = ShuffleRoute(party, data.bins, data.slots)
     margin, base_score = _base_margin(party, data, params)
-    trees = []
-    for tree_index in range(params.n_estimators):
+    trees: list[TreeShares] = []
+    total_trees = params.n_estimators * params.outputs
+
+    def report(level: int) -> None:
+        if progress:
+            progress({"tree": len(trees) + 1, "trees": total_trees, "level": level + 1, "depth": params.max_depth,
+                      "elapsed_s": time.perf_counter() - started, "bytes_sent": party.peer.stats.bytes_sent})
+
+    grower = _TreeGrower(party, route, router, data, params, scaling, layout, clock, report)
+    for _round in range(params.n_estimators):
         with clock("gradients"):
-            if params.objective == "binary:logistic":
-                p = sigmoid(party, margin)
-                g = p - data.labels
-                h = truncate(party, mul(party, p, add_public(party, -p, one)))
+            gradients = _gradients(party, margin, data.labels, params)
+        for output, (g, h) in enumerate(gradients):  # multi:softprob: one tree per class on this round's gradients
+            shares, delta = grower.grow(g, h)
+            trees.append(shares)
+            if margin.ndim == 2:
+                margin[:, output] += delta
             else:
-                g = margin - data.labels
-                h = party.public(np.full(n, one, DTYPE))
+                margin = margin + delta
+    return TrainResult(trees, base_score, clock.seconds)
+
+
+def _gradients(party: Party, margin: np.ndarray, labels: np.ndarray,
+               params: SecureParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shares of (g, h) per output: one pair, or one per class for multi:softprob (XGBoost's formulas)."""
+    f = party.frac_bits
+    one = ring_constant(1 << f)
+    if params.objective == "binary:logistic":
+        p = sigmoid(party, margin)
+        return [(p - labels, truncate(party, mul(party, p, add_public(party, -p, one))))]
+    if params.objective == "reg:squarederror":
+        return [(margin - labels, party.public(np.full(margin.shape[0], one, DTYPE)))]
+    p = _softmax(party, margin)
+    h = truncate(party, mul(party, p, add_public(party, -p, one))) << np.uint64(1)  # 2·p·(1 − p), as XGBoost
+    g = p - labels
+    return [(np.ascontiguousarray(g[:, k]), np.ascontiguousarray(h[:, k])) for k in range(margin.shape[1])]
+
+
+def _softmax(party: Party, margin: np.ndarray) -> np.ndarray:
+    """Shares of softmax over the last axis: e^-(max − m_k) / sum_j e^-(max − m_j), the sum in [1, K]."""
+    f = party.frac_bits
+    top, _ = argmax(party, margin)
+    powers = exp_neg(party, top[:, None] - margin)  # the largest is e^0 = 1, so the sum is at least 1
+    total = powers.sum(axis=1, dtype=DTYPE)
+    inverse = reciprocal(party, total, min_bits=f - 1, max_bits=f + math.ceil(math.log2(margin.shape[1])) + 2)
+    return truncate(party, mul(party, powers, np.broadcast_to(inverse[:, None], powers.shape)))
+
+
+class _TreeGrower:
+    """Grows one tree on shares for given gradients: histograms, gains, routing per level, then leaves."""
+
+    def __init__(self, party: Party, route, router: Router, data: SharedData, params: SecureParams,
+                 scaling: Scaling, layout: CandidateLayout, clock: _Clock, report: Callable[[int], None]) -> None:
+        self.party, self.route, self.router, self.data = party, route, router, data
+        self.params, self.scaling, self.layout, self.clock, self.report = params, scaling, layout, clock, report
+
+    def grow(self, g: np.ndarray, h: np.ndarray) -> tuple[TreeShares, np.ndarray]:
+        """(this party's shares of the tree, shares of each sample's output of the tree)."""
+        party, params, scaling, clock, data = self.party, self.params, self.scaling, self.clock, self.data
+        f, n = party.frac_bits, data.rows
         shares = TreeShares()
         membership = party.public(np.ones((n, 1), DTYPE))
         parent_ok = party.public(np.ones(1, DTYPE))
         hist_g = hist_h = None
         for level in range(params.max_depth):
             with clock("histograms"):
-                hist_g, hist_h = _level_histograms(party, route, g, h, membership, hist_g, hist_h, data)
+                hist_g, hist_h = _level_histograms(party, self.route, g, h, membership, hist_g, hist_h, data)
             with clock("gains_argmax"):
                 ok, selection, feature, threshold, default_left = _best_splits(party, hist_g, hist_h, parent_ok, data,
-                                                                               params, scaling, layout)
+                                                                               params, scaling, self.layout)
             shares.split.append(ok)
             shares.feature.append(feature)
             shares.threshold.append(threshold)
             shares.default_left.append(default_left)
             with clock("routing"):
-                go_left = router.go_left(party, selection, ok)
+                go_left = self.router.go_left(party, selection, ok)
                 left = mul(party, membership, go_left)
                 membership = np.stack([left, membership - left], axis=2).reshape(n, 2 * selection.shape[0])
             parent_ok = np.repeat(ok, 2)
-            if progress:
-                progress({"tree": tree_index + 1, "trees": params.n_estimators, "level": level + 1,
-                          "depth": params.max_depth, "elapsed_s": time.perf_counter() - started,
-                          "bytes_sent": party.peer.stats.bytes_sent})
+            self.report(level)
         with clock("leaves"):
             leaf_g, leaf_h = np.split(_weighted_gradients(party, membership, g, h).sum(axis=0, dtype=DTYPE), 2)
             weight = divide(party, -leaf_g, add_public(party, leaf_h, encode_fixed(params.reg_lambda, f)),
                             extra_bits=scaling.division_extra_bits, min_bits=scaling.divisor_bits[0],
                             max_bits=scaling.divisor_bits[1])
-            weight = truncate(party, weight * encode_fixed(params.learning_rate, f))
-            shares.leaves = weight
-            margin = margin + mul(party, membership, np.broadcast_to(weight, membership.shape)).sum(axis=1,
-                                                                                                   dtype=DTYPE)
-        trees.append(shares)
-    return TrainResult(trees, base_score, clock.seconds)
+            shares.leaves = truncate(party, weight * encode_fixed(params.learning_rate, f))
+            delta = mul(party, membership, np.broadcast_to(shares.leaves, membership.shape)).sum(axis=1, dtype=DTYPE)
+        return shares, delta
 
 
 def _weighted_gradients(party: Party, members: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
