@@ -540,6 +540,16 @@ def test_reciprocal_on_a_narrowed_domain(bounds, data):
         assert abs(r - 1 / x) <= bound, (f, big_x, float(r), float(abs(r - 1 / x)), float(bound))
 
 
+@MPC
+@given(st.integers(1, 61), st.lists(st.integers(-(1 << 62) + 1, (1 << 62) - 1), min_size=1, max_size=32))
+def test_truncate_exact_is_floor(bits, values):
+    """floor(x / 2^bits) with no error for every |x| < 2^62, at the ring's edges too (probabilistic truncation
+    would be off by one for about half of the inputs)."""
+    xs = values + [0, 1, -1, (1 << 62) - 1, -(1 << 62) + 1, (1 << bits) - 1, -(1 << bits)]
+    out = signed(opened_result(lambda party, x: fp.truncate_exact(party, x, bits), u64(xs)))
+    assert out == [x >> bits for x in xs]
+
+
 def _divide_safe_top(big_d: int, f: int) -> int:
     """The largest |N| for the denominator D inside divide's stated domain (|n/d| < 2^(62-2f-8), |N| < 2^62) for
     which also |N|·R < 2^62 for the largest reciprocal R that `reciprocal` may return at f+8 fractional bits

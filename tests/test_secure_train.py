@@ -17,12 +17,21 @@ from sklearn.model_selection import train_test_split
 
 from privboost.datasets import load_nhanes_diabetes
 from privboost.model import TreeEnsemble
+from privboost.mpc.ring import encode_fixed
 from privboost.mpc.runtime import run_local
 from privboost.mpc.shares import share_arith
 from privboost.secure.analyst import build_ensemble, reveal
 from privboost.secure.binning import bin_columns, one_hot, slots, threshold_bits
+from privboost.secure.histograms import OneHotRoute, ShuffleRoute
 from privboost.secure.owner import encode_labels
-from privboost.secure.trainer import SecureParams, SharedData, TrainingError, train
+from privboost.secure.trainer import (
+    HistogramPacking,
+    SecureParams,
+    SharedData,
+    TrainingError,
+    _level_histograms,
+    train,
+)
 
 
 def secure_fit(x: np.ndarray, y: np.ndarray, params: SecureParams, max_bin: int, frac_bits: int = 16,
@@ -133,6 +142,45 @@ def test_multiclass_trees_identical_to_xgboost(loader):
     probabilities = model.predict(x)
     assert probabilities.shape == (len(y), 3)
     assert np.abs(probabilities - booster.predict(xgb_matrix(x))).max() < 1e-5
+
+
+@pytest.mark.parametrize("objective", ["binary:logistic", "reg:squarederror"])
+def test_packed_histograms_equal_the_two_column_ones(objective):
+    """Gradient and hessian sums packed in one word and split by an exact truncation equal the unpacked sums
+    exactly, on both routes; sizes that do not fit the ring are not packed."""
+    rng = np.random.default_rng(4)
+    n, n_features, max_bin = 500, 3, 8
+    bins = rng.integers(0, max_bin + 1, (n, n_features))
+    g = rng.uniform(-1, 1, n) if objective == "binary:logistic" else rng.uniform(-400, 400, n)
+    h = rng.uniform(0, 0.25, n) if objective == "binary:logistic" else np.ones(n)
+    members = rng.integers(0, 2, (n, 4))
+    params = SecureParams(objective=objective, gradient_bound=1.0 if objective == "binary:logistic" else 1024.0)
+    packing = HistogramPacking.choose(n, params, 16)
+    assert packing is not None and packing.counts == (objective == "reg:squarederror")
+    too_wide = SecureParams(gradient_bound=2.0**20, objective="reg:squarederror")
+    assert HistogramPacking.choose(10**7, too_wide, 16) is None
+    secrets = [encode_fixed(g, 16), encode_fixed(h, 16), members.astype(np.uint64), one_hot(bins, max_bin + 1),
+               bins.astype(np.uint64)]
+    shares = [share_arith(v) for v in secrets]
+
+    def program(party):
+        g_s, h_s, m_s, x_s, b_s = (v[party.party_id] for v in shares)
+        data = SharedData(None, g_s, np.zeros(2 * n_features * max_bin, np.uint64), n_features, max_bin, bins=b_s)
+        parent = (np.zeros((2, n_features, max_bin + 1), np.uint64),) * 2
+        out = []
+        for route in (OneHotRoute(party, x_s.copy()), ShuffleRoute(party, b_s, max_bin + 1)):
+            for way in (None, packing):
+                out += [party.open(a) for a in _level_histograms(party, route, g_s, h_s, m_s, *parent, data, way)]
+        return out
+
+    results = run_local(program).results[0]
+    for route in (0, 4):
+        np.testing.assert_array_equal(results[route], results[route + 2])  # G: packed == unpacked
+        np.testing.assert_array_equal(results[route + 1], results[route + 3])  # H
+    want = np.zeros((n_features, max_bin + 1))
+    np.add.at(want, (np.arange(n_features)[None, :].repeat(n, 0), bins), (g * members[:, 0])[:, None])
+    got = results[0][0].view(np.int64) / 2.0**16
+    assert np.abs(got - want).max() < n * 2.0**-16  # the sums are the plaintext ones (up to encoding)
 
 
 def _nhanes():

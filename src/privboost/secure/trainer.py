@@ -49,8 +49,8 @@ from privboost.mpc.protocols.arithmetic import (
     truncate,
 )
 from privboost.mpc.protocols.compare import eq, ltz
-from privboost.mpc.protocols.fixedpoint import divide, exp_neg, reciprocal, sigmoid
-from privboost.mpc.ring import DTYPE, encode_fixed, ring_constant
+from privboost.mpc.protocols.fixedpoint import divide, exp_neg, reciprocal, sigmoid, truncate_exact
+from privboost.mpc.ring import DTYPE, SAFE_MAGNITUDE_BITS, encode_fixed, ring_constant
 from privboost.mpc.runtime import Party
 from privboost.secure.candidates import CandidateLayout
 from privboost.secure.histograms import OneHotRoute, ShuffleRoute
@@ -319,6 +319,7 @@ class _TreeGrower:
                  scaling: Scaling, layout: CandidateLayout, clock: _Clock, report: Callable[[int], None]) -> None:
         self.party, self.route, self.router, self.data = party, route, router, data
         self.params, self.scaling, self.layout, self.clock, self.report = params, scaling, layout, clock, report
+        self.packing = HistogramPacking.choose(data.rows, params, party.frac_bits)
 
     def grow(self, g: np.ndarray, h: np.ndarray) -> tuple[TreeShares, np.ndarray]:
         """(this party's shares of the tree, shares of each sample's output of the tree)."""
@@ -330,7 +331,8 @@ class _TreeGrower:
         hist_g = hist_h = None
         for level in range(params.max_depth):
             with clock("histograms"):
-                hist_g, hist_h = _level_histograms(party, self.route, g, h, membership, hist_g, hist_h, data)
+                hist_g, hist_h = _level_histograms(party, self.route, g, h, membership, hist_g, hist_h, data,
+                                                   self.packing)
             with clock("gains_argmax"):
                 ok, selection, feature, threshold, default_left = _best_splits(party, hist_g, hist_h, parent_ok, data,
                                                                                params, scaling, self.layout)
@@ -361,18 +363,58 @@ def _weighted_gradients(party: Party, members: np.ndarray, g: np.ndarray, h: np.
                np.concatenate([np.repeat(g[:, None], k, 1), np.repeat(h[:, None], k, 1)], axis=1))
 
 
+@dataclass(frozen=True)
+class HistogramPacking:
+    """Both histogram sums in one ring word per (sample, node), which halves the histogram work and traffic.
+
+    A word is (g·m)·2^shift + (h·m): the gradient in the high field, the hessian in the low ``shift`` bits (signed,
+    so a hessian rounded a unit below 0 cannot borrow from the gradient). Sums over any set of samples keep the
+    two fields apart while |H| < 2^(shift-1) and |G|·2^shift < 2^61; after summing, an exact truncation
+    (`protocols.fixedpoint.truncate_exact`) splits them with one comparison per histogram entry. For
+    ``reg:squarederror`` h = 1, so the low field counts the samples and is scaled to fixed point afterwards.
+    Chosen from public sizes only; None where the fields do not fit (then the sums travel as two columns).
+    """
+
+    shift: int
+    counts: bool  # the low field holds m, not h·m (h = 1 exactly)
+
+    @classmethod
+    def choose(cls, n: int, params: SecureParams, frac_bits: int) -> HistogramPacking | None:
+        """The packing for n samples, or None if the two fields do not fit in the ring's safe range."""
+        counts = params.objective == "reg:squarederror"
+        h_max = 1.0 if counts else {"binary:logistic": 0.25, "multi:softprob": 0.5}[params.objective] * 2.0**frac_bits
+        shift = math.ceil(math.log2(n * h_max + 2)) + 1  # |H| < 2^(shift-1), a unit of rounding to spare
+        g_bits = math.ceil(math.log2(n * params.gradient_bound * 2.0**frac_bits + 1))
+        return cls(shift, counts) if g_bits + shift <= SAFE_MAGNITUDE_BITS - 1 else None
+
+    def pack(self, party: Party, gm: np.ndarray, hm: np.ndarray) -> np.ndarray:
+        """One word per entry from shares of g·m and of h·m (of m itself when ``counts``)."""
+        return (gm << np.uint64(self.shift)) + hm
+
+    def unpack(self, party: Party, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shares of (G, H) in fixed point from shares of summed words."""
+        gradient = truncate_exact(party, add_public(party, sums, 1 << (self.shift - 1)), self.shift)
+        hessian = sums - (gradient << np.uint64(self.shift))
+        return gradient, (hessian << np.uint64(party.frac_bits)) if self.counts else hessian
+
+
 def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
-                      parent_g: np.ndarray | None, parent_h: np.ndarray | None,
-                      data: SharedData) -> tuple[np.ndarray, np.ndarray]:
+                      parent_g: np.ndarray | None, parent_h: np.ndarray | None, data: SharedData,
+                      packing: HistogramPacking | None) -> tuple[np.ndarray, np.ndarray]:
     """(G, H) histograms (nodes × F × slots) of this level's nodes: left children built, right = parent − left."""
     shape = (data.n_features, data.slots)
+    members = party.public(np.ones((data.rows, 1), DTYPE)) if parent_g is None else membership[:, 0::2]
+    k = members.shape[1]
+    if packing is None:
+        hist = route.histograms(party, _weighted_gradients(party, members, g, h))  # (F·S) × 2k
+        built_g, built_h = hist[:, :k], hist[:, k:]
+    else:
+        gm = mul(party, members, np.broadcast_to(g[:, None], members.shape))
+        hm = members if packing.counts else mul(party, members, np.broadcast_to(h[:, None], members.shape))
+        built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(party, gm, hm)))
+    left_g, left_h = built_g.T.reshape(k, *shape), built_h.T.reshape(k, *shape)
     if parent_g is None:
-        hist = route.histograms(party, np.stack([g, h], axis=1))
-        return hist[:, 0].reshape(1, *shape), hist[:, 1].reshape(1, *shape)
-    left = membership[:, 0::2]
-    k = left.shape[1]
-    hist = route.histograms(party, _weighted_gradients(party, left, g, h))  # (F·B) × 2k
-    left_g, left_h = hist[:, :k].T.reshape(k, *shape), hist[:, k:].T.reshape(k, *shape)
+        return left_g, left_h
     out_g = np.stack([left_g, parent_g - left_g], axis=1).reshape(2 * k, *shape)
     out_h = np.stack([left_h, parent_h - left_h], axis=1).reshape(2 * k, *shape)
     return out_g, out_h

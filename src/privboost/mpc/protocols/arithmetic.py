@@ -14,7 +14,8 @@ Constructions and leakage:
   * `truncate`: dealer-assisted probabilistic truncation with the mask's top bit (Escudero, Ghosh, Keller,
     Rachuri, Scholl, CRYPTO 2020; Dalskov, Escudero, Keller, PETS 2020). For |x| < 2^62 it returns
     floor(x / 2^d) or floor(x / 2^d) + 1 (error below one unit in the last place), never a wrap-around error.
-    It opens c = x + 2^62 + r with r uniform on Z_2^64, so c is uniform.
+    It opens c = x + 2^62 + r with r uniform on Z_2^64, so c is uniform. The one-unit error is the borrow
+    [c mod 2^d < r mod 2^d]; `protocols.fixedpoint.truncate_exact` removes it with one comparison.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def mul(party: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def truncate(party: Party, x: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Share of x / 2^bits (signed, bits defaults to frac_bits), error < 1 ulp; requires |x| < 2^62."""
+    return truncate_with_borrow(party, x, bits)[0]
+
+
+def truncate_with_borrow(party: Party, x: np.ndarray,
+                         bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(`truncate`'s share of floor(x / 2^bits) + b, the public low bits c_lo and shares of the mask's low bits
+    r_lo packed as c_lo − r_lo) where the unknown b = [c_lo < r_lo] is the borrow that makes the result exact;
+    `protocols.fixedpoint.truncate_exact` subtracts it with one comparison."""
     bits = party.frac_bits if bits is None else bits
     if not 0 < bits <= SAFE_MAGNITUDE_BITS:
         raise ValueError(f"can truncate by 1..{SAFE_MAGNITUDE_BITS} bits, not {bits}")
@@ -69,7 +78,8 @@ def truncate(party: Party, x: np.ndarray, bits: int | None = None) -> np.ndarray
     c_hi, not_c_msb = c >> np.uint64(bits), (c >> _TOP) ^ np.uint64(1)
     overflow = r_msb * not_c_msb  # x + r wrapped mod 2^64 iff r's top bit is set and c's is not
     out = overflow * ring_constant(1 << (64 - bits)) - r_hi
-    return add_public(party, out, c_hi - ring_constant(1 << (SAFE_MAGNITUDE_BITS - bits)))
+    low_difference = add_public(party, -(r - (r_hi << np.uint64(bits))), c & ring_constant((1 << bits) - 1))
+    return add_public(party, out, c_hi - ring_constant(1 << (SAFE_MAGNITUDE_BITS - bits))), low_difference
 
 
 def mul_fixed(party: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ Constructions:
     Newton-Raphson from the linear approximation 2.9142 - 2·x (relative error <= 0.0858), iterate
     y <- y·(2 - x·y) (the error squares each time: 3 iterations reach 3e-9), undo the normalisation.
     Domain: 2^-f <= x < 2^(max_bits - f). Bound (tested): |r - 1/x| <= 2^-f + 2^-20 / x.
+  * `truncate_exact`: floor(x / 2^d) with no error: the probabilistic truncation's borrow bit
+    [c_lo < r_lo] (public low bits of the opened value against the mask's shared low bits) by one `ltz`.
   * `divide`: n · reciprocal(d), the reciprocal kept at f + 8 fractional bits.
     Bound (tested): |q - n/d| <= 2^-f + |n|·2^-(f+8) + 2^-20·|n|/d.
   * `exp_neg`: exponentiation by bit decomposition (as in Aly & Smart, "Benchmarking privacy preserving scientific
@@ -27,7 +29,7 @@ import math
 import numpy as np
 from numba import njit
 
-from privboost.mpc.protocols.arithmetic import add_public, mul, truncate
+from privboost.mpc.protocols.arithmetic import add_public, mul, truncate, truncate_with_borrow
 from privboost.mpc.protocols.boolean import a2b, bit_injection, or_words
 from privboost.mpc.protocols.boolean import warm_up as boolean_warm_up
 from privboost.mpc.protocols.compare import ltz
@@ -125,6 +127,14 @@ def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
     normalised = truncate(party, product, drop) if drop > 0 else product << np.uint64(-drop)
     inverse = _newton_reciprocal(party, normalised, internal)
     return truncate(party, mul(party, inverse, scale), internal + max_bits - f - out_bits)
+
+
+def truncate_exact(party: Party, x: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Share of floor(x / 2^bits) exactly (signed x, |x| < 2^62): `truncate` minus its borrow bit, which one
+    comparison of the public low bits of the opened value with the shared low bits of the mask decides (the
+    dealer-assisted exact variant of the probabilistic truncation; Escudero et al., CRYPTO 2020)."""
+    rounded, low_difference = truncate_with_borrow(party, x, bits)
+    return rounded - ltz(party, low_difference)
 
 
 def divide(party: Party, numerator: np.ndarray, denominator: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
