@@ -128,13 +128,13 @@ def first_argmax(row: list[int]) -> int:
 
 
 def tournament(row: list[int], tol: int) -> int:
-    """Plaintext model of argmax's comparison tree: pad to a power of two with -2^62, compare neighbours, a right
-    candidate beats a left one iff it exceeds it by more than ``tol``. Returns the winner's index."""
-    width = 1 << max(0, (len(row) - 1).bit_length())
-    cand = [(v, i) for i, v in enumerate(row)] + [(-SAFE, -1)] * (width - len(row))
+    """Plaintext model of argmax's comparison tree: compare neighbours, a right candidate beats a left one iff it
+    exceeds it by more than ``tol``; an odd one out goes up unchallenged. Returns the winner's index."""
+    cand = [(v, i) for i, v in enumerate(row)]
     while len(cand) > 1:
+        pairs = len(cand) // 2
         cand = [right if right[0] - left[0] > tol else left
-                for left, right in zip(cand[0::2], cand[1::2], strict=True)]
+                for left, right in zip(cand[0:2 * pairs:2], cand[1:2 * pairs:2], strict=True)] + cand[2 * pairs:]
     return cand[0][1]
 
 

@@ -43,12 +43,8 @@ def not_words(party: Party, x: np.ndarray) -> np.ndarray:
     return ~x if party.is_leader else x.copy()
 
 
-def a2b(party: Party, x: np.ndarray, bits: int = 64) -> np.ndarray:
-    """XOR shares of the 64 bits of the arithmetic-shared x (Kogge-Stone adder over x0 + x1, 7 rounds).
-
-    With ``bits`` <= 32 only the low ``bits`` bits are exact (the carries are propagated 31 places, 6 rounds):
-    enough when the caller knows x < 2^bits.
-    """
+def a2b(party: Party, x: np.ndarray) -> np.ndarray:
+    """XOR shares of the 64 bits of the arithmetic-shared x (Kogge-Stone adder over x0 + x1, 7 rounds)."""
     x = np.asarray(x, DTYPE)
     zero = np.zeros_like(x)
     own_first, own_second = (x, zero) if party.is_leader else (zero, x)
@@ -59,9 +55,64 @@ def a2b(party: Party, x: np.ndarray, bits: int = 64) -> np.ndarray:
         s = np.uint64(shift)
         both = and_words(party, np.stack([propagate, propagate]), np.stack([generate << s, propagate << s]))
         generate, propagate = generate ^ both[0], both[1]
-    if bits > 32:
-        generate = generate ^ and_words(party, propagate, generate << np.uint64(32))
+    generate = generate ^ and_words(party, propagate, generate << np.uint64(32))
     return original_propagate ^ (generate << _ONE)  # sum bit i = p_i XOR carry into i
+
+
+_LANE = np.uint64(0xFFFFFFFF)
+_ALL = (1 << 64) - 1
+
+
+def _pack_lanes(x: np.ndarray) -> np.ndarray:
+    """Two elements per word: element 2i in bits 0-31, element 2i+1 in bits 32-63 (low 32 bits of each)."""
+    flat = np.asarray(x, DTYPE).ravel()
+    if flat.size % 2:
+        flat = np.append(flat, np.uint64(0))
+    return (flat[0::2] & _LANE) | (flat[1::2] << np.uint64(32))
+
+
+def _unpack_lanes(words: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    out = np.empty(2 * words.size, DTYPE)
+    out[0::2], out[1::2] = words & _LANE, words >> np.uint64(32)
+    return out[: int(np.prod(shape, dtype=np.int64))].reshape(shape)
+
+
+def _up(words: np.ndarray, shift: int) -> np.ndarray:
+    """Every lane shifted up by ``shift`` bits, zeros shifted in (nothing crosses from lane 0 to lane 1)."""
+    return (words << np.uint64(shift)) & np.uint64(_ALL ^ (((1 << shift) - 1) << 32))
+
+
+def _down(words: np.ndarray, shift: int) -> np.ndarray:
+    """Every lane shifted down by ``shift`` bits, zeros shifted in."""
+    return (words >> np.uint64(shift)) & np.uint64(_ALL ^ (((1 << shift) - 1) << (32 - shift)))
+
+
+def top_bit_low32(party: Party, x: np.ndarray, low: int, high: int) -> np.ndarray:
+    """XOR shares of the one-hot of x's top set bit, moved down by ``low`` bits, one word per element, for an
+    arithmetic-shared x with 2^low <= x < 2^high <= 2^32.
+
+    The Kogge-Stone adder (as `a2b`) and the prefix-OR run on two 32-bit lanes per word (each party packs the low
+    32 bits of its share: their sum mod 2^32 is x), so they exchange half the words of the 64-bit versions.
+    """
+    if not 0 <= low < high <= 32:
+        raise ValueError(f"need 0 <= low < high <= 32, got {low} and {high}")
+    x = np.asarray(x, DTYPE)
+    packed = _pack_lanes(x)
+    zero = np.zeros_like(packed)
+    own_first, own_second = (packed, zero) if party.is_leader else (zero, packed)
+    generate = and_words(party, own_first, own_second)
+    propagate = packed
+    for shift in (1, 2, 4, 8, 16):
+        both = and_words(party, np.stack([propagate, propagate]),
+                         np.stack([_up(generate, shift), _up(propagate, shift)]))
+        generate, propagate = generate ^ both[0], both[1]
+    in_range = np.uint64(((1 << high) - 1) * ((1 << 32) + 1))  # bits below `high` in both lanes
+    spread = (packed ^ _up(generate, 1)) & in_range  # sum bit i = p_i XOR carry into i
+    shift = 1
+    while shift < high - low:  # ones from the top set bit down, over the positions that can hold it
+        spread = or_words(party, spread, _down(spread, shift))
+        shift *= 2
+    return _unpack_lanes(spread ^ _down(spread, 1), x.shape) >> np.uint64(low)
 
 
 _LOW63 = np.uint64((1 << 63) - 1)

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from privboost.mpc.protocols.arithmetic import add_public, mul, truncate, truncate_with_borrow
-from privboost.mpc.protocols.boolean import a2b, bit_injection, or_words
+from privboost.mpc.protocols.boolean import a2b, bit_injection, or_words, top_bit_low32
 from privboost.mpc.protocols.boolean import warm_up as boolean_warm_up
 from privboost.mpc.protocols.compare import ltz
 from privboost.mpc.ring import DTYPE, SAFE_MAGNITUDE_BITS, encode_fixed, ring_constant
@@ -103,7 +103,7 @@ def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
 
     A caller that knows x >= 2^(min_bits - f) too says so: only the bit positions min_bits .. max_bits - 1 can
     hold x's top bit, so the normalising power of two costs that many bit injections instead of max_bits, and for
-    max_bits <= 32 the bit decomposition and prefix-OR take a round less each.
+    max_bits <= 32 the bit decomposition and prefix-OR run two elements per word (`boolean.top_bit_low32`).
     """
     f = party.frac_bits
     out_bits = f if out_bits is None else out_bits
@@ -115,12 +115,15 @@ def reciprocal(party: Party, x: np.ndarray, max_bits: int = DEFAULT_MAX_BITS,
     if not 0 <= min_bits < max_bits:
         raise ValueError(f"need 0 <= min_bits < max_bits, got {min_bits} and {max_bits}")
     x = np.asarray(x, DTYPE)
-    spread = a2b(party, x, max_bits) & np.uint64((1 << max_bits) - 1)  # bits >= max_bits are 0 (or inexact)
-    shift = 1
-    while shift < max_bits - min_bits:  # ones from the top set bit down, over the positions that can hold it
-        spread = or_words(party, spread, spread >> np.uint64(shift))
-        shift *= 2
-    top = (spread ^ (spread >> np.uint64(1))) >> np.uint64(min_bits)  # x's top bit, at position k - min_bits
+    if max_bits <= 32:
+        top = top_bit_low32(party, x, min_bits, max_bits)
+    else:
+        spread = a2b(party, x) & np.uint64((1 << max_bits) - 1)  # bits >= max_bits are 0
+        shift = 1
+        while shift < max_bits - min_bits:  # ones from the top set bit down, over the positions that can hold it
+            spread = or_words(party, spread, spread >> np.uint64(shift))
+            shift *= 2
+        top = (spread ^ (spread >> np.uint64(1))) >> np.uint64(min_bits)  # x's top bit, at position k - min_bits
     scale = _msb_scale(party, top, max_bits - min_bits)  # 2^(max_bits - 1 - k)
     product = mul(party, x, scale)  # in [2^(max_bits-1), 2^max_bits)
     drop = max_bits - internal  # to [0.5, 1) at `internal` bits: a truncation, or an exact shift for small x
