@@ -445,7 +445,7 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     # the same gain: candidates that repeat an earlier one exactly are marked invalid (XGBoost keeps the first of
     # equal gains) rather than left to fixed-point noise; candidates that need missing values where the node has
     # none are skipped, as XGBoost skips them
-    empty, duplicate = _repeated_sums(party, hist_g, hist_h, layout)
+    empty, duplicate = _repeated_sums(party, hist_g, hist_h, layout, params.objective == "reg:squarederror")
     checks = mul(party, np.concatenate([add_public(party, -light[:size], 1),
                                         add_public(party, -layout.repeats(empty, duplicate).ravel(), 1)]),
                  np.concatenate([add_public(party, -light[size:], 1),
@@ -463,17 +463,28 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     return ok, selection, feature, picked.sum(axis=1, dtype=DTYPE), default_left
 
 
-def _repeated_sums(party: Party, hist_g: np.ndarray, hist_h: np.ndarray,
-                   layout: CandidateLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Shares (0/1) of (slot has zero sums, category has the sums of a lower category), both (nodes, F, slots)."""
+def _repeated_sums(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, layout: CandidateLayout,
+                   unit_hessians: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Shares (0/1) of (slot has zero sums, category has the sums of a lower category), both (nodes, F, slots).
+
+    With ``unit_hessians`` (h = 1 for every sample, reg:squarederror) a slot is empty iff its hessian sum is 0,
+    so its gradient sum need not be tested.
+    """
     diff_g, diff_h = layout.pair_differences(hist_g), layout.pair_differences(hist_h)
-    values = np.concatenate([hist_g.ravel(), diff_g.ravel(), hist_h.ravel(), diff_h.ravel()])
-    zero = eq(party, values, np.zeros(values.size, DTYPE))
-    both = mul(party, zero[: values.size // 2], zero[values.size // 2:])
-    empty = both[: hist_g.size].reshape(hist_g.shape)
+    size, pairs = hist_g.size, diff_g.size
+    if unit_hessians:
+        values = np.concatenate([hist_h.ravel(), diff_g.ravel(), diff_h.ravel()])
+        zero = eq(party, values, np.zeros(values.size, DTYPE))
+        empty = zero[:size].reshape(hist_g.shape)
+        same = mul(party, zero[size:size + pairs], zero[size + pairs:]) if pairs else zero[:0]
+    else:
+        values = np.concatenate([hist_g.ravel(), diff_g.ravel(), hist_h.ravel(), diff_h.ravel()])
+        zero = eq(party, values, np.zeros(values.size, DTYPE))
+        both = mul(party, zero[: values.size // 2], zero[values.size // 2:])
+        empty, same = both[:size].reshape(hist_g.shape), both[size:]
     duplicate = np.zeros((hist_g.shape[0], hist_g[0].size), DTYPE)
-    if diff_g.size:
-        counts = layout.duplicate_counts(both[hist_g.size:].reshape(diff_g.shape))
+    if pairs:
+        counts = layout.duplicate_counts(same.reshape(diff_g.shape))
         duplicate[:, layout.duplicate_cells] = add_public(party, -eq(party, counts, np.zeros_like(counts)), 1)
     return empty, duplicate.reshape(hist_g.shape)
 
