@@ -226,8 +226,10 @@ class Scaling:
             raise TrainingError(f"{frac_bits} fractional bits leave no room for {n} samples with gradient bound "
                                 f"{params.gradient_bound}; use fewer fractional bits")
         shift = max(0, math.ceil(g_bits + q_bits + 2 * frac_bits - 60))
-        low = max(0, math.floor(math.log2(params.reg_lambda)) + frac_bits - 1)  # half of λ: slack for rounding
-        high = math.ceil(math.log2(n + params.reg_lambda)) + frac_bits + 1
+        # divisors H + λ: hessians are clamped at 0 (`_gradients`), and each exceeds h_max by at most a few units
+        h_max = {"reg:squarederror": 1.0, "binary:logistic": 0.25, "multi:softprob": 0.5}[params.objective]
+        low = max(0, math.floor(math.log2(params.reg_lambda)) + frac_bits)
+        high = math.ceil(math.log2(n * (h_max + 2.0 ** (3 - frac_bits)) + params.reg_lambda)) + frac_bits
         return cls(shift, extra, (low, high))
 
 
@@ -291,14 +293,16 @@ def _gradients(party: Party, margin: np.ndarray, labels: np.ndarray,
     """Shares of (g, h) per output: one pair, or one per class for multi:softprob (XGBoost's formulas)."""
     f = party.frac_bits
     one = ring_constant(1 << f)
-    if params.objective == "binary:logistic":
-        p = sigmoid(party, margin)
-        return [(p - labels, truncate(party, mul(party, p, add_public(party, -p, one))))]
     if params.objective == "reg:squarederror":
         return [(margin - labels, party.public(np.full(margin.shape[0], one, DTYPE)))]
-    p = _softmax(party, margin)
-    h = truncate(party, mul(party, p, add_public(party, -p, one))) << np.uint64(1)  # 2·p·(1 − p), as XGBoost
+    p = sigmoid(party, margin) if params.objective == "binary:logistic" else _softmax(party, margin)
+    h = truncate(party, mul(party, p, add_public(party, -p, one)))
+    # p may exceed 1 by a unit of rounding, making p(1 − p) a unit below 0: clamp at 0, as XGBoost clamps at 1e-16
+    h = mul(party, h, add_public(party, -ltz(party, h), 1))
     g = p - labels
+    if params.objective == "binary:logistic":
+        return [(g, h)]
+    h = h << np.uint64(1)  # 2·p·(1 − p), as XGBoost's softmax
     return [(np.ascontiguousarray(g[:, k]), np.ascontiguousarray(h[:, k])) for k in range(margin.shape[1])]
 
 
