@@ -355,6 +355,42 @@ def test_cli_multiclass(tmp_path):
     assert (probabilities.argmax(axis=1) == y).mean() > 0.9
 
 
+def _mixed_files(folder: Path, table: pd.DataFrame, drop_from_b: int = 0) -> None:
+    """Two hospitals split the rows of the first 13 columns and the label; a lab holds the other columns of every
+    patient (optionally missing a few), rows in its own order."""
+    first = ["patient", *table.columns[:13], "malignant"]
+    rows = np.random.default_rng(5).permutation(len(table))
+    table.iloc[rows[:250]][first].to_csv(folder / "M0.csv", index=False)
+    table.iloc[rows[250:]][first].to_csv(folder / "M1.csv", index=False)
+    lab = table[["patient", *table.columns[13:31]]].sample(frac=1.0, random_state=8)
+    lab.iloc[drop_from_b:].to_csv(folder / "M2.csv", index=False)
+
+
+def test_cli_mixed_split(hospital_files):
+    folder, table = hospital_files
+    _mixed_files(folder, table)
+    done = _run_cli(["train", "secure", "--local", "--data", "M0.csv", "--data", "M1.csv", "--data", "M2.csv",
+                     "--label", "malignant", "--split", "mixed", "--id-column", "patient", "--out", "mixed.json",
+                     "--n-estimators", "3", "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16",
+                     "--categorical", "clinic"], folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    model = TreeEnsemble.load(folder / "mixed.json")
+    assert set(model.feature_names) == set(table.columns[:31]) - {"patient"}  # both column groups joined
+    x = table[model.feature_names].to_numpy(np.float32)
+    assert roc_auc_score(table["malignant"], model.predict(x)) > 0.97
+
+
+def test_cli_mixed_split_refuses_groups_with_different_samples(hospital_files):
+    folder, table = hospital_files
+    _mixed_files(folder, table, drop_from_b=3)
+    done = _run_cli(["train", "secure", "--local", "--data", "M0.csv", "--data", "M1.csv", "--data", "M2.csv",
+                     "--label", "malignant", "--split", "mixed", "--id-column", "patient", "--out", "bad_mixed.json",
+                     "--n-estimators", "1", "--max-depth", "2", "--max-bin", "8"], folder)
+    assert done.returncode != 0
+    assert "do not hold the same samples" in done.stderr
+    assert not (folder / "bad_mixed.json").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--label", "nope", "--split", "vertical", "--id-column", "patient"], "label"),
     (["--label", "malignant", "--split", "vertical"], "--id-column"),

@@ -315,9 +315,11 @@ def train_secure(
     local: Annotated[bool, typer.Option("--local", help="run every role as a process on this machine")] = False,
     data: Annotated[list[Path], typer.Option(help="an owner's CSV/Parquet file (repeat, one per owner)")] = [],  # noqa: B006
     label: Annotated[str, typer.Option(help="label column (in whichever file has it)")] = "",
-    split: Annotated[str, typer.Option(help="vertical (columns per owner, joined by --id-column) or "
-                                            "horizontal (rows per owner)")] = "vertical",
-    id_column: Annotated[str | None, typer.Option(help="sample id column shared by the owners (vertical)")] = None,
+    split: Annotated[str, typer.Option(help="vertical (columns per owner, joined by --id-column), "
+                                            "horizontal (rows per owner) or mixed (files with the same columns "
+                                            "split rows; groups of columns joined by --id-column)")] = "vertical",
+    id_column: Annotated[str | None, typer.Option(help="sample id column shared by the owners (vertical, "
+                                                       "mixed)")] = None,
     out: Annotated[Path, typer.Option(help="where the analyst writes the XGBoost JSON model")] = Path("model.json"),
     n_estimators: Annotated[int, typer.Option(help="number of trees")] = 10,
     max_depth: Annotated[int, typer.Option(help="depth of every tree")] = 4,
@@ -351,12 +353,12 @@ def train_secure(
         _fail("give --config JOB.toml (one role) or --local with --data files", 2)
     if not data or not label:
         _fail("--local needs --data (one per owner) and --label", 2)
-    if split not in ("vertical", "horizontal"):
-        _fail("--split must be vertical or horizontal", 2)
+    if split not in ("vertical", "horizontal", "mixed"):
+        _fail("--split must be vertical, horizontal or mixed", 2)
     if histograms not in ("onehot", "shuffle"):
         _fail("--histograms must be onehot or shuffle", 2)
-    if split == "vertical" and not id_column and len(data) > 1:
-        _fail("a vertical split needs --id-column to join the owners' rows", 2)
+    if split in ("vertical", "mixed") and not id_column and len(data) > 1:
+        _fail(f"a {split} split needs --id-column to join the owners' rows", 2)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from privboost.secure.local import run_local_job

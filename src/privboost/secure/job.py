@@ -4,19 +4,26 @@ Roles and connections (every role may run on its own host; certificates name the
   dealer     listens; party0 and party1 connect; hands out correlated randomness (sees no data)
   party0     listens; party1 and every owner connect to it; it connects to the dealer and the analyst
   party1     listens; every owner connects to it; it connects to party0, the dealer and the analyst
-  owner<i>   connects to party0 and party1 (and, for a horizontal split, first to the analyst to merge bin edges);
-             deals its secret shares and leaves
+  owner<i>   connects to party0 and party1 (and, where several owners split the rows of the same columns, first
+             to the analyst to merge bin edges); deals its secret shares and leaves
+
+Splits: vertical (each owner some columns of the same samples, joined by id), horizontal (each owner some rows of
+the same columns) or mixed (column groups joined by id, each group's rows split among its owners). In a mixed split
+the owners share a key (``id_key``, in their job files only) and send each row's pseudonym HMAC-SHA256(key, id) to
+both parties, which order every group's rows by pseudonym so each sample sits on the same row everywhere.
   analyst    listens; receives both parties' shares of the finished trees and writes the XGBoost JSON model
 
 A job is described by one TOML file per role (`load_job`); `privboost train secure --config FILE` runs that role.
 Any failure aborts every open channel with the reason, so the other roles stop with a clear message.
 Leakage: see `owner.py` (what owners reveal as metadata), `trainer.py` (nothing during training), and the analyst
-learns the model.
+learns the model. Mixed split: the parties also see the rows' pseudonyms, i.e. which rows of different owners are
+the same sample (and how many samples each owner holds), never the ids or the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import resource
@@ -47,9 +54,21 @@ from privboost.secure.owner import (
 from privboost.secure.trainer import SecureParams, SharedData, TrainingError, TrainResult, TreeShares, train
 
 ROLES = ("dealer", "party0", "party1", "analyst")
-SPLITS = ("vertical", "horizontal")
+SPLITS = ("vertical", "horizontal", "mixed")
 ANALYST_WAIT_S = 86_400.0  # how long the analyst waits for the parties to finish training
 COLUMN_FLAGS = ("categorical", "has_missing", "n_categories")  # per-column metadata every owner deals
+PSEUDONYM_BYTES = 32  # HMAC-SHA256 of a sample id under the owners' key (mixed split)
+
+
+def pseudonyms(ids: np.ndarray, key: bytes) -> np.ndarray:
+    """Rows' id pseudonyms HMAC-SHA256(key, id) as an (n, 32) uint8 array; without the owners' key they do not
+    reveal the ids, and equal ids give equal pseudonyms in every owner's file."""
+    if len(key) < 16:
+        raise JobError("the owners' id key must be at least 16 bytes (32 hex digits)")
+    out = np.empty((len(ids), PSEUDONYM_BYTES), np.uint8)
+    for i, value in enumerate(ids):
+        out[i] = np.frombuffer(hmac.new(key, str(value).encode(), hashlib.sha256).digest(), np.uint8)
+    return out
 
 
 class JobError(MpcError):
@@ -75,7 +94,19 @@ class Job:
     out: str | None = None  # analyst only
     histograms: str = "onehot"  # or "shuffle" (see secure.histograms: memory vs leakage)
     categorical: list[str] = field(default_factory=list)  # columns holding integer category codes
+    groups: dict[str, str] = field(default_factory=dict)  # mixed split: owner -> column group
+    id_key: str | None = None  # mixed split, owners only: hex key of the id pseudonyms (never given to the parties)
     extra: dict = field(default_factory=dict)
+
+    def group_owners(self, group: str) -> list[str]:
+        """Owners of one column group (mixed split), in job order."""
+        return [o for o in self.owners if self.groups.get(o) == group]
+
+    def merges_bin_edges(self, owner: str) -> bool:
+        """Whether ``owner`` bins with edges merged by the analyst (rows of its columns split among owners)."""
+        if self.split == "mixed":
+            return len(self.group_owners(self.groups[owner])) > 1
+        return self.split == "horizontal"
 
     @property
     def histograms_array(self) -> str:
@@ -117,11 +148,25 @@ def load_job(path: str | os.PathLike) -> Job:
                    certs=certs, params=secure_params, max_bin=max_bin, frac_bits=int(job.get("frac_bits", 16)),
                    timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)), id_column=job.get("id_column"),
                    data=job.get("data"), out=job.get("out"), histograms=_route_name(job.get("histograms", "onehot")),
-                   categorical=[str(c) for c in job.get("categorical", [])])
+                   categorical=[str(c) for c in job.get("categorical", [])], groups=_groups(job, split, owners, role),
+                   id_key=job.get("id_key"))
     except KeyError as exc:
         raise JobError(f"job file {path} lacks {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise JobError(f"job file {path}: {exc}") from exc
+
+
+def _groups(job: dict, split: str, owners: list[str], role: str) -> dict[str, str]:
+    if split != "mixed":
+        return {}
+    groups = {str(k): str(v) for k, v in dict(job.get("groups", {})).items()}
+    if set(groups) != set(owners):
+        raise JobError("a mixed split needs `groups`, the column group of every owner")
+    if not job.get("id_column"):
+        raise JobError("a mixed split needs `id_column` to join the column groups")
+    if role in owners and not job.get("id_key"):
+        raise JobError("an owner in a mixed split needs `id_key`, the owners' shared key for id pseudonyms")
+    return groups
 
 
 def _route_name(name: str) -> str:
@@ -180,10 +225,10 @@ def run_dealer(job: Job) -> dict:
 
 def run_owner(job: Job) -> dict:
     """Load, bin and deal this owner's data to both parties."""
-    table = load_owner_table(job.data or "", job.label, job.id_column if job.split == "vertical" else None)
+    table = load_owner_table(job.data or "", job.label, job.id_column if job.split != "horizontal" else None)
     opened: list[Channel] = []
     try:
-        if job.split == "horizontal":
+        if job.merges_bin_edges(job.role):
             analyst = _connect(job, "analyst")
             opened.append(analyst)
             _send_json(analyst, {"features": table.feature_names,
@@ -195,7 +240,7 @@ def run_owner(job: Job) -> dict:
             binned = (bin_columns(table.values, table.feature_names, job.max_bin, job.categorical)
                       if table.feature_names else None)
         shares = prepare_shares(table, binned, job.max_bin, job.frac_bits, job.histograms, job.params.num_class)
-        meta = {**shares.meta, "owner": job.role,
+        meta = {**shares.meta, "owner": job.role, "group": job.groups.get(job.role, ""),
                 "shapes": {k: list(v.shape) for k, v in shares.arrays.items()}}
         to0, to1 = _connect(job, "party0"), _connect(job, "party1")
         opened += [to0, to1]
@@ -205,6 +250,10 @@ def run_owner(job: Job) -> dict:
             share0, seed = split_for_parties(shares.arrays[name])
             to0.send_array(share0)
             to1.send_bytes(seed)
+        if job.split == "mixed":  # both parties get every row's id pseudonym, to join the column groups
+            names = pseudonyms(table.ids, bytes.fromhex(job.id_key or ""))
+            to0.send_array(names)
+            to1.send_array(names)
         for channel in (to0, to1):  # wait until the party has taken everything
             if _recv_json(channel).get("status") != "received":
                 raise JobError(f"{channel.peer_name} did not confirm the data")
@@ -229,6 +278,10 @@ def _receive_owner_data(job: Job, channels: dict[str, Channel], party_id: int) -
                 got[name] = Prg(channel.recv_bytes()).words(tuple(meta["shapes"][name]))
             if list(got[name].shape) != meta["shapes"][name]:
                 raise JobError(f"{owner} sent {name} of shape {got[name].shape}, announced {meta['shapes'][name]}")
+        if job.split == "mixed":
+            got["pseudonyms"] = channel.recv_array()
+            if got["pseudonyms"].shape != (meta["rows"], PSEUDONYM_BYTES) or got["pseudonyms"].dtype != np.uint8:
+                raise JobError(f"{owner} sent malformed id pseudonyms")
         metas.append(meta)
         arrays.append(got)
     return metas, arrays
@@ -237,9 +290,10 @@ def _receive_owner_data(job: Job, channels: dict[str, Channel], party_id: int) -
 def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedData, list[str], float]:
     """SharedData from the owners' blocks; checks the owners agree; returns (data, feature names, label bound)."""
     label_owners = [m["owner"] for m in metas if m["has_label"]]
-    n_bins = job.max_bin
-    if any(m["n_bins"] != n_bins for m in metas):
+    if any(m["n_bins"] != job.max_bin for m in metas):
         raise JobError("owners binned with different numbers of bins")
+    if job.split == "mixed":
+        return _assemble_mixed(job, metas, arrays)
     if job.split == "vertical":
         if len(label_owners) != 1:
             raise JobError(f"exactly one owner must hold the label {job.label!r}; found {label_owners or 'none'}")
@@ -267,6 +321,11 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
         labels = np.concatenate([a["labels"] for a in arrays])
         columns = {"categorical": np.array(metas[0]["categorical"]), "n_categories": np.array(metas[0]["n_categories"]),
                    "has_missing": np.any([m["has_missing"] for m in metas], axis=0)}
+    return _shared_data(job, matrix, labels, thresholds, names, columns, metas)
+
+
+def _shared_data(job: Job, matrix: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, names: list[str],
+                 columns: dict, metas: list[dict]) -> tuple[SharedData, list[str], float]:
     undeclared = sorted(set(job.categorical) - set(names))
     if undeclared:
         raise JobError(f"categorical column(s) {undeclared} are in no owner's features")
@@ -274,8 +333,51 @@ def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedDa
     flags = {"categorical": columns["categorical"].astype(bool), "has_missing": columns["has_missing"].astype(bool),
              "n_categories": columns["n_categories"].astype(np.int64)}
     if job.histograms == "onehot":
-        return SharedData(matrix, labels, thresholds, len(names), n_bins, **flags), names, bound
-    return SharedData(None, labels, thresholds, len(names), n_bins, bins=matrix, **flags), names, bound
+        return SharedData(matrix, labels, thresholds, len(names), job.max_bin, **flags), names, bound
+    return SharedData(None, labels, thresholds, len(names), job.max_bin, bins=matrix, **flags), names, bound
+
+
+def _assemble_mixed(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedData, list[str], float]:
+    """Mixed split: per column group, its owners' rows stacked, then every group's rows put in the order of the
+    id pseudonyms (the same sample on the same row everywhere) and the groups' columns joined."""
+    by_group: dict[str, list[int]] = {}
+    for i, meta in enumerate(metas):
+        by_group.setdefault(meta["group"], []).append(i)
+    order_keys = None
+    matrix_parts, threshold_parts, names, label_parts = [], [], [], []
+    columns: dict[str, list] = {key: [] for key in COLUMN_FLAGS}
+    for group, members in by_group.items():
+        first = metas[members[0]]
+        if any(metas[i]["features"] != first["features"] for i in members):
+            raise JobError(f"the owners of column group {group!r} hold different feature columns")
+        keys = np.concatenate([arrays[i]["pseudonyms"] for i in members]).view(f"S{PSEUDONYM_BYTES}").ravel()
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        if np.any(keys[1:] == keys[:-1]):
+            raise JobError(f"column group {group!r} holds a sample id more than once")
+        if order_keys is None:
+            order_keys = keys
+        elif keys.shape != order_keys.shape or np.any(keys != order_keys):
+            raise JobError("the column groups do not hold the same samples (their id sets differ)")
+        if "thresholds" in arrays[members[0]]:
+            matrix_parts.append(np.concatenate([arrays[i][job.histograms_array] for i in members])[order])
+            threshold_parts.append(arrays[members[0]]["thresholds"])  # one group's owners bin with the same edges
+            names += first["features"]
+            columns["categorical"].append(np.array(first["categorical"]))
+            columns["n_categories"].append(np.array(first["n_categories"]))
+            columns["has_missing"].append(np.any([metas[i]["has_missing"] for i in members], axis=0))
+        with_label = [metas[i]["has_label"] for i in members]
+        if any(with_label):
+            if not all(with_label):
+                raise JobError(f"in column group {group!r} some owners hold the label {job.label!r} and some do not")
+            label_parts.append(np.concatenate([arrays[i]["labels"] for i in members])[order])
+    if len(label_parts) != 1:
+        raise JobError(f"exactly one column group must hold the label {job.label!r}")
+    if not matrix_parts:
+        raise JobError("no owner holds feature columns")
+    joined = {key: np.concatenate(parts) for key, parts in columns.items()}
+    return _shared_data(job, np.concatenate(matrix_parts, axis=1), label_parts[0], np.concatenate(threshold_parts),
+                        names, joined, metas)
 
 
 def _progress_printer(party_id: int):
@@ -374,16 +476,21 @@ def run_analyst(job: Job) -> dict:
     listener = TlsListener(*job.addresses["analyst"], job.certs)
     opened: list[Channel] = []
     try:
-        if job.split == "horizontal":
-            owners = _accept_all(listener, set(job.owners), job.timeout_s)
+        merging = [o for o in job.owners if job.merges_bin_edges(o)]
+        if merging:
+            owners = _accept_all(listener, set(merging), job.timeout_s)
             opened += list(owners.values())
-            summaries = [_recv_json(owners[o]) for o in job.owners]
-            if any(s["features"] != summaries[0]["features"] for s in summaries):
-                raise JobError("in a horizontal split every owner must hold the same feature columns")
-            cuts = merge_cuts([s["summary"] for s in summaries], job.max_bin,
-                              categorical_mask(summaries[0]["features"], job.categorical))
-            for owner in job.owners:
-                _send_json(owners[owner], {"cuts": [c.astype(float).tolist() for c in cuts]})
+            groups: dict[str, list[str]] = {}
+            for owner in merging:
+                groups.setdefault(job.groups.get(owner, ""), []).append(owner)
+            for members in groups.values():
+                summaries = [_recv_json(owners[o]) for o in members]
+                if any(s["features"] != summaries[0]["features"] for s in summaries):
+                    raise JobError("owners that split the rows of the same columns must hold the same feature columns")
+                cuts = merge_cuts([s["summary"] for s in summaries], job.max_bin,
+                                  categorical_mask(summaries[0]["features"], job.categorical))
+                for owner in members:
+                    _send_json(owners[owner], {"cuts": [c.astype(float).tolist() for c in cuts]})
         # training may take long: the analyst waits up to a day for the parties
         parties = _accept_all(listener, {"party0", "party1"}, ANALYST_WAIT_S)
         opened += list(parties.values())

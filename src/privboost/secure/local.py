@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,8 +31,14 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
                     out: Path, params: SecureParams, max_bin: int, frac_bits: int, timeout_s: float,
                     host: str = "127.0.0.1", histograms: str = "onehot",
                     categorical: list[str] | None = None) -> dict[str, Path]:
-    """Certificates and one TOML job file per role in ``workdir``; returns role -> job file."""
+    """Certificates and one TOML job file per role in ``workdir``; returns role -> job file.
+
+    Mixed split: owners whose files have the same feature columns form one column group, and the owners (only
+    they) get a fresh key for the id pseudonyms.
+    """
     owners = [f"owner{i}" for i in range(len(data))]
+    groups = column_groups(data, label, id_column) if split == "mixed" else {}
+    id_key = secrets.token_hex(32)
     roles = ["dealer", "party0", "party1", "analyst", *owners]
     certs = make_certificates(workdir / "certs", roles)
     ports = free_ports(4, host)
@@ -44,8 +51,12 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
                "timeout_s": timeout_s, "histograms": histograms, "categorical": list(categorical or [])}
         if id_column:
             job["id_column"] = id_column
+        if groups:
+            job["groups"] = groups
         if role.startswith("owner"):
             job["data"] = str(Path(data[int(role[5:])]).resolve())
+            if groups:
+                job["id_key"] = id_key
         if role == "analyst":
             job["out"] = str(Path(out).resolve())
         text = ["[job]"] + [f"{k} = {toml_value(v)}" for k, v in job.items()]
@@ -57,6 +68,21 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
         path.write_text("\n".join(text) + "\n", encoding="utf-8")
         files[role] = path
     return files
+
+
+def column_groups(data: list[Path], label: str, id_column: str | None) -> dict[str, str]:
+    """owner -> column group for a mixed split: files with the same feature columns (besides the id and the
+    label) hold rows of the same columns."""
+    from privboost.data import read_table
+
+    if not id_column:
+        raise JobError("a mixed split needs --id-column to join the column groups")
+    seen: dict[frozenset, str] = {}
+    groups = {}
+    for i, path in enumerate(data):
+        columns = frozenset(read_table(path).columns) - {label, id_column}
+        groups[f"owner{i}"] = seen.setdefault(columns, f"group{len(seen)}")
+    return groups
 
 
 def _start(role: str, job_file: Path, log_dir: Path) -> tuple[subprocess.Popen, Path]:

@@ -220,7 +220,10 @@ class Scaling:
     def choose(cls, n: int, params: SecureParams, frac_bits: int) -> Scaling:
         """Shifts for n samples at ``frac_bits``; raises TrainingError if no choice fits the ring."""
         g_bits = math.log2(max(n * params.gradient_bound, 1.0))  # |G| <= n·bound
-        q_bits = g_bits - min(0.0, math.log2(params.reg_lambda))  # |G/(H+λ)| <= n·bound/λ
+        if params.objective == "reg:squarederror":  # h = 1: |G| <= bound·H, so |G/(H+λ)| <= bound
+            q_bits = math.log2(max(params.gradient_bound, 1.0))
+        else:  # hessians may be tiny: |G/(H+λ)| <= n·bound/λ
+            q_bits = g_bits - min(0.0, math.log2(params.reg_lambda))
         extra = min(8, 62 - 2 * frac_bits - math.ceil(q_bits) - 1)
         if extra < 0:
             raise TrainingError(f"{frac_bits} fractional bits leave no room for {n} samples with gradient bound "
