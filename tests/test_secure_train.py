@@ -326,16 +326,25 @@ def test_cli_categorical_column_and_missing_values(hospital_files):
     assert abs(roc_auc_score(table["malignant"], loaded) - expected) <= 0.005
 
 
+def _hospital_model(folder: Path, files: list[str], split: list[str], out: str, extra: list[str]) -> TreeEnsemble:
+    """Train 3 trees of depth 3 on the hospital files by the CLI (label "malignant") and load the model."""
+    done = _run_cli(["train", "secure", "--local", *[arg for f in files for arg in ("--data", f)], "--label",
+                     "malignant", *split, "--out", out, "--n-estimators", "3", "--max-depth", "3",
+                     "--learning-rate", "0.3", "--max-bin", "16", *extra], folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return TreeEnsemble.load(folder / out)
+
+
+def _model_auc(model: TreeEnsemble, table: pd.DataFrame) -> float:
+    return roc_auc_score(table["malignant"], model.predict(table[model.feature_names].to_numpy(np.float32)))
+
+
 def test_cli_horizontal_split(hospital_files):
     folder, table = hospital_files
-    done = _run_cli(["train", "secure", "--local", "--data", "H0.csv", "--data", "H1.csv", "--data", "H2.csv",
-                     "--label", "malignant", "--split", "horizontal", "--out", "h.json", "--n-estimators", "3",
-                     "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16", "--histograms", "shuffle",
-                     "--categorical", "clinic"], folder)
-    assert done.returncode == 0, done.stderr[-2000:]
-    model = TreeEnsemble.load(folder / "h.json")
+    model = _hospital_model(folder, ["H0.csv", "H1.csv", "H2.csv"], ["--split", "horizontal"], "h.json",
+                            ["--histograms", "shuffle", "--categorical", "clinic"])
     assert model.feature_types[model.feature_names.index("clinic")] == "c"
-    assert roc_auc_score(table["malignant"], model.predict(table[model.feature_names].to_numpy(np.float32))) > 0.97
+    assert _model_auc(model, table) > 0.97
 
 
 def test_cli_multiclass(tmp_path):
@@ -369,15 +378,10 @@ def _mixed_files(folder: Path, table: pd.DataFrame, drop_from_b: int = 0) -> Non
 def test_cli_mixed_split(hospital_files):
     folder, table = hospital_files
     _mixed_files(folder, table)
-    done = _run_cli(["train", "secure", "--local", "--data", "M0.csv", "--data", "M1.csv", "--data", "M2.csv",
-                     "--label", "malignant", "--split", "mixed", "--id-column", "patient", "--out", "mixed.json",
-                     "--n-estimators", "3", "--max-depth", "3", "--learning-rate", "0.3", "--max-bin", "16",
-                     "--categorical", "clinic"], folder)
-    assert done.returncode == 0, done.stderr[-2000:]
-    model = TreeEnsemble.load(folder / "mixed.json")
+    model = _hospital_model(folder, ["M0.csv", "M1.csv", "M2.csv"], ["--split", "mixed", "--id-column", "patient"],
+                            "mixed.json", ["--categorical", "clinic"])
     assert set(model.feature_names) == set(table.columns[:31]) - {"patient"}  # both column groups joined
-    x = table[model.feature_names].to_numpy(np.float32)
-    assert roc_auc_score(table["malignant"], model.predict(x)) > 0.97
+    assert _model_auc(model, table) > 0.97
 
 
 def test_cli_mixed_split_refuses_groups_with_different_samples(hospital_files):
