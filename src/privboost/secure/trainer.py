@@ -394,7 +394,7 @@ class HistogramPacking:
         g_bits = math.ceil(math.log2(n * params.gradient_bound * 2.0**frac_bits + 1))
         return cls(shift, counts) if g_bits + shift <= SAFE_MAGNITUDE_BITS - 1 else None
 
-    def pack(self, party: Party, gm: np.ndarray, hm: np.ndarray) -> np.ndarray:
+    def pack(self, gm: np.ndarray, hm: np.ndarray) -> np.ndarray:
         """One word per entry from shares of g·m and of h·m (of m itself when ``counts``)."""
         return (gm << np.uint64(self.shift)) + hm
 
@@ -418,7 +418,7 @@ def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, members
     else:
         gm = mul(party, members, np.broadcast_to(g[:, None], members.shape))
         hm = members if packing.counts else mul(party, members, np.broadcast_to(h[:, None], members.shape))
-        built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(party, gm, hm)))
+        built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(gm, hm)))
     left_g, left_h = built_g.T.reshape(k, *shape), built_h.T.reshape(k, *shape)
     if parent_g is None:
         return left_g, left_h
