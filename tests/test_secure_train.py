@@ -364,6 +364,53 @@ def test_cli_multiclass(tmp_path):
     assert (probabilities.argmax(axis=1) == y).mean() > 0.9
 
 
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the role processes")
+def test_ctrl_c_stops_every_role(hospital_files):
+    import signal
+    import time
+
+    folder, _ = hospital_files
+    proc = subprocess.Popen([sys.executable, "-m", "privboost", "train", "secure", "--local", "--data", "A.csv",  # noqa: S603
+                             "--data", "B.csv", "--label", "malignant", "--split", "vertical", "--id-column",
+                             "patient", "--out", "stopped.json", "--n-estimators", "50", "--max-depth", "4",
+                             "--max-bin", "32"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    roles: list[int] = []
+    while time.monotonic() < deadline and len(roles) < 6:  # dealer, two parties, analyst, two owners
+        time.sleep(0.5)
+        roles = _children(proc.pid)
+    assert len(roles) >= 4, "the roles did not start"
+    time.sleep(3)  # into training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err
+    time.sleep(1)
+    assert not [pid for pid in roles if _alive(pid)]  # every role process has exited
+    assert not (folder / "stopped.json").exists()
+
+
 def _mixed_files(folder: Path, table: pd.DataFrame, drop_from_b: int = 0) -> None:
     """Two hospitals split the rows of the first 13 columns and the label; a lab holds the other columns of every
     patient (optionally missing a few), rows in its own order."""

@@ -37,6 +37,21 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"cannot read {p}: {exc}") from exc
 
 
+def table_columns(path: str | os.PathLike) -> list[str]:
+    """Column names of a CSV or Parquet file, read from its header or schema only."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"input file not found: {p}")
+    try:
+        if p.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(p).names)
+        return list(pd.read_csv(p, nrows=0).columns)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {p}: {exc}") from exc
+
+
 def feature_matrix(table: pd.DataFrame, feature_names: list[str]) -> np.ndarray:
     """Columns ``feature_names`` of ``table`` as float32 (empty cells become NaN = missing); other columns ignored."""
     absent = [name for name in feature_names if name not in table.columns]

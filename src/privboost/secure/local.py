@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from privboost.data import table_columns
 from privboost.mpc.runner import log_tail, toml_value
 from privboost.net.certs import make_certificates
 from privboost.net.ports import free_ports
@@ -73,14 +74,12 @@ def write_job_files(workdir: Path, data: list[Path], label: str, split: str, id_
 def column_groups(data: list[Path], label: str, id_column: str | None) -> dict[str, str]:
     """owner -> column group for a mixed split: files with the same feature columns (besides the id and the
     label) hold rows of the same columns."""
-    from privboost.data import read_table
-
     if not id_column:
         raise JobError("a mixed split needs --id-column to join the column groups")
     seen: dict[frozenset, str] = {}
     groups = {}
     for i, path in enumerate(data):
-        columns = frozenset(read_table(path).columns) - {label, id_column}
+        columns = frozenset(table_columns(path)) - {label, id_column}
         groups[f"owner{i}"] = seen.setdefault(columns, f"group{len(seen)}")
     return groups
 
@@ -104,6 +103,10 @@ def run_local_job(data: list[Path], label: str, out: Path, params: SecureParams,
     for path in data:
         if not Path(path).is_file():
             raise JobError(f"data file not found: {path}")
+    present = {column for path in data for column in table_columns(path)}
+    unknown = sorted(set(categorical or []) - present)
+    if unknown:  # say so now, not after every role has started
+        raise JobError(f"categorical column(s) {unknown} are in no data file")
     with tempfile.TemporaryDirectory(prefix="privboost-secure-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
