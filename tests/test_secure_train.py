@@ -157,7 +157,7 @@ def test_packed_histograms_equal_the_two_column_ones(objective):
     params = SecureParams(objective=objective, gradient_bound=1.0 if objective == "binary:logistic" else 1024.0)
     packing = HistogramPacking.choose(n, params, 16)
     assert packing is not None and packing.counts == (objective == "reg:squarederror")
-    too_wide = SecureParams(gradient_bound=2.0**20, objective="reg:squarederror")
+    too_wide = SecureParams(objective="binary:logistic")  # gradients in [-1, 1] cannot spare their low bits
     assert HistogramPacking.choose(10**7, too_wide, 16) is None
     secrets = [encode_fixed(g, 16), encode_fixed(h, 16), members.astype(np.uint64), one_hot(bins, max_bin + 1),
                bins.astype(np.uint64)]
@@ -177,6 +177,22 @@ def test_packed_histograms_equal_the_two_column_ones(objective):
     for route in (0, 4):
         np.testing.assert_array_equal(results[route], results[route + 2])  # G: packed == unpacked
         np.testing.assert_array_equal(results[route + 1], results[route + 3])  # H
+    if objective == "reg:squarederror":  # labels so large that the gradient field loses its lowest bits
+        wide = SecureParams(objective=objective, gradient_bound=2.0**40)
+        dropping = HistogramPacking.choose(n, wide, 16)
+        assert dropping is not None and dropping.drop > 0
+
+        def packed_wide(party):
+            g_s, h_s, m_s, x_s, b_s = (v[party.party_id] for v in shares)
+            data = SharedData(None, g_s, np.zeros(2 * n_features * max_bin, np.uint64), n_features, max_bin, bins=b_s)
+            parent = (np.zeros((2, n_features, max_bin + 1), np.uint64),) * 2
+            route = ShuffleRoute(party, b_s, max_bin + 1)
+            return [party.open(a) for a in _level_histograms(party, route, g_s, h_s, m_s, *parent, data, dropping)]
+
+        wide_g, wide_h = run_local(packed_wide).results[0]
+        np.testing.assert_array_equal(wide_h, results[5])  # counts stay exact
+        error = np.abs(wide_g.view(np.int64) - results[4].view(np.int64)).max()
+        assert error <= n * (1 << dropping.drop)  # each sample's g·m is off by less than 2^drop units
     want = np.zeros((n_features, max_bin + 1))
     np.add.at(want, (np.arange(n_features)[None, :].repeat(n, 0), bins), (g * members[:, 0])[:, None])
     got = results[0][0].view(np.int64) / 2.0**16

@@ -379,11 +379,15 @@ class HistogramPacking:
     two fields apart while |H| < 2^(shift-1) and |G|·2^shift < 2^61; after summing, an exact truncation
     (`protocols.fixedpoint.truncate_exact`) splits them with one comparison per histogram entry. For
     ``reg:squarederror`` h = 1, so the low field counts the samples and is scaled to fixed point afterwards.
-    Chosen from public sizes only; None where the fields do not fit (then the sums travel as two columns).
+    Where the gradient field is too wide (many samples, large labels), its lowest ``drop`` bits are truncated
+    before packing (each sample's g·m off by less than 2^(drop-f), far below the gradients' scale: allowed only
+    while 2^(drop-f) <= 2^-12 of the gradient bound). Chosen from public sizes only; None where the fields do not
+    fit (then the sums travel as two columns).
     """
 
     shift: int
     counts: bool  # the low field holds m, not h·m (h = 1 exactly)
+    drop: int = 0  # low gradient bits truncated before packing
 
     @classmethod
     def choose(cls, n: int, params: SecureParams, frac_bits: int) -> HistogramPacking | None:
@@ -392,17 +396,22 @@ class HistogramPacking:
         h_max = 1.0 if counts else {"binary:logistic": 0.25, "multi:softprob": 0.5}[params.objective] * 2.0**frac_bits
         shift = math.ceil(math.log2(n * h_max + 2)) + 1  # |H| < 2^(shift-1), a unit of rounding to spare
         g_bits = math.ceil(math.log2(n * params.gradient_bound * 2.0**frac_bits + 1))
-        return cls(shift, counts) if g_bits + shift <= SAFE_MAGNITUDE_BITS - 1 else None
+        drop = max(0, g_bits + shift - (SAFE_MAGNITUDE_BITS - 1))
+        if drop > frac_bits + math.log2(params.gradient_bound) - 12:
+            return None
+        return cls(shift, counts, drop)
 
-    def pack(self, gm: np.ndarray, hm: np.ndarray) -> np.ndarray:
+    def pack(self, party: Party, gm: np.ndarray, hm: np.ndarray) -> np.ndarray:
         """One word per entry from shares of g·m and of h·m (of m itself when ``counts``)."""
+        if self.drop:
+            gm = truncate(party, gm, self.drop)
         return (gm << np.uint64(self.shift)) + hm
 
     def unpack(self, party: Party, sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Shares of (G, H) in fixed point from shares of summed words."""
         gradient = truncate_exact(party, add_public(party, sums, 1 << (self.shift - 1)), self.shift)
         hessian = sums - (gradient << np.uint64(self.shift))
-        return gradient, (hessian << np.uint64(party.frac_bits)) if self.counts else hessian
+        return gradient << np.uint64(self.drop), (hessian << np.uint64(party.frac_bits)) if self.counts else hessian
 
 
 def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, membership: np.ndarray,
@@ -418,7 +427,7 @@ def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, members
     else:
         gm = mul(party, members, np.broadcast_to(g[:, None], members.shape))
         hm = members if packing.counts else mul(party, members, np.broadcast_to(h[:, None], members.shape))
-        built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(gm, hm)))
+        built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(party, gm, hm)))
     left_g, left_h = built_g.T.reshape(k, *shape), built_h.T.reshape(k, *shape)
     if parent_g is None:
         return left_g, left_h
