@@ -288,96 +288,90 @@ def _receive_owner_data(job: Job, channels: dict[str, Channel], party_id: int) -
 
 
 def _assemble(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedData, list[str], float]:
-    """SharedData from the owners' blocks; checks the owners agree; returns (data, feature names, label bound)."""
-    label_owners = [m["owner"] for m in metas if m["has_label"]]
+    """SharedData from the owners' blocks; checks the owners agree; returns (data, feature names, label bound).
+
+    Every split is a set of column groups whose owners split the group's rows: vertical, one owner per group (rows
+    already in id order); horizontal, one group; mixed, groups named in the job, rows put in pseudonym order.
+    """
     if any(m["n_bins"] != job.max_bin for m in metas):
         raise JobError("owners binned with different numbers of bins")
-    if job.split == "mixed":
-        return _assemble_mixed(job, metas, arrays)
     if job.split == "vertical":
-        if len(label_owners) != 1:
-            raise JobError(f"exactly one owner must hold the label {job.label!r}; found {label_owners or 'none'}")
-        rows = {m["rows"] for m in metas}
-        digests = {m["ids_digest"] for m in metas}
-        if len(rows) != 1 or len(digests) != 1:
+        if len({m["rows"] for m in metas}) != 1 or len({m["ids_digest"] for m in metas}) != 1:
             raise JobError("the owners do not hold the same samples (row counts or id sets differ)")
-        blocks = [(m, a) for m, a in zip(metas, arrays, strict=True) if "thresholds" in a]
-        matrix = np.concatenate([a[job.histograms_array] for _, a in blocks], axis=1)
-        thresholds = np.concatenate([a["thresholds"] for _, a in blocks])
-        names = [name for m, _ in blocks for name in m["features"]]
-        columns = {key: np.concatenate([m[key] for m, _ in blocks]) for key in COLUMN_FLAGS}
-        labels = next(a["labels"] for m, a in zip(metas, arrays, strict=True) if m["has_label"])
+        groups = [[i] for i in range(len(metas))]
+    elif job.split == "horizontal":
+        groups = [list(range(len(metas)))]
     else:
-        if len(label_owners) != len(metas):
-            raise JobError("in a horizontal split every owner must hold the label column")
-        names = metas[0]["features"]
-        if any(m["features"] != names for m in metas):
-            raise JobError("in a horizontal split every owner must hold the same feature columns")
-        if any(m["categorical"] != metas[0]["categorical"] or m["n_categories"] != metas[0]["n_categories"]
-               for m in metas):
-            raise JobError("the owners binned their categorical columns differently")
-        matrix = np.concatenate([a[job.histograms_array] for a in arrays], axis=0)
-        thresholds = arrays[0]["thresholds"]  # the same merged cuts, dealt by owner 0
-        labels = np.concatenate([a["labels"] for a in arrays])
-        columns = {"categorical": np.array(metas[0]["categorical"]), "n_categories": np.array(metas[0]["n_categories"]),
-                   "has_missing": np.any([m["has_missing"] for m in metas], axis=0)}
-    return _shared_data(job, matrix, labels, thresholds, names, columns, metas)
-
-
-def _shared_data(job: Job, matrix: np.ndarray, labels: np.ndarray, thresholds: np.ndarray, names: list[str],
-                 columns: dict, metas: list[dict]) -> tuple[SharedData, list[str], float]:
+        by_name: dict[str, list[int]] = {}
+        for i, meta in enumerate(metas):
+            by_name.setdefault(meta["group"], []).append(i)
+        groups = list(by_name.values())
+    orders = _pseudonym_orders(groups, arrays) if job.split == "mixed" else [None] * len(groups)
+    blocks = [_column_group(job, metas, arrays, members, order) for members, order in zip(groups, orders, strict=True)]
+    labelled = [block["labels"] for block in blocks if block["labels"] is not None]
+    if len(labelled) != 1:
+        raise JobError(f"exactly one owner (or, where owners split rows, one column group) must hold the label "
+                       f"{job.label!r}; found {len(labelled)}")
+    features = [block for block in blocks if block["names"]]
+    if not features:
+        raise JobError("no owner holds feature columns")
+    names = [name for block in features for name in block["names"]]
     undeclared = sorted(set(job.categorical) - set(names))
     if undeclared:
         raise JobError(f"categorical column(s) {undeclared} are in no owner's features")
+    matrix = np.concatenate([block["matrix"] for block in features], axis=1)
+    thresholds = np.concatenate([block["thresholds"] for block in features])
+    flags = {key: np.concatenate([block[key] for block in features]) for key in COLUMN_FLAGS}
+    flags = {"categorical": flags["categorical"].astype(bool), "has_missing": flags["has_missing"].astype(bool),
+             "n_categories": flags["n_categories"].astype(np.int64)}
     bound = max(m["label_bound"] for m in metas)
-    flags = {"categorical": columns["categorical"].astype(bool), "has_missing": columns["has_missing"].astype(bool),
-             "n_categories": columns["n_categories"].astype(np.int64)}
     if job.histograms == "onehot":
-        return SharedData(matrix, labels, thresholds, len(names), job.max_bin, **flags), names, bound
-    return SharedData(None, labels, thresholds, len(names), job.max_bin, bins=matrix, **flags), names, bound
+        return SharedData(matrix, labelled[0], thresholds, len(names), job.max_bin, **flags), names, bound
+    return SharedData(None, labelled[0], thresholds, len(names), job.max_bin, bins=matrix, **flags), names, bound
 
 
-def _assemble_mixed(job: Job, metas: list[dict], arrays: list[dict]) -> tuple[SharedData, list[str], float]:
-    """Mixed split: per column group, its owners' rows stacked, then every group's rows put in the order of the
-    id pseudonyms (the same sample on the same row everywhere) and the groups' columns joined."""
-    by_group: dict[str, list[int]] = {}
-    for i, meta in enumerate(metas):
-        by_group.setdefault(meta["group"], []).append(i)
-    order_keys = None
-    matrix_parts, threshold_parts, names, label_parts = [], [], [], []
-    columns: dict[str, list] = {key: [] for key in COLUMN_FLAGS}
-    for group, members in by_group.items():
-        first = metas[members[0]]
-        if any(metas[i]["features"] != first["features"] for i in members):
-            raise JobError(f"the owners of column group {group!r} hold different feature columns")
+def _pseudonym_orders(groups: list[list[int]], arrays: list[dict]) -> list[np.ndarray]:
+    """Per column group, the order of its stacked rows that sorts them by id pseudonym; checks that every group
+    holds the same samples, each once."""
+    orders, reference = [], None
+    for members in groups:
         keys = np.concatenate([arrays[i]["pseudonyms"] for i in members]).view(f"S{PSEUDONYM_BYTES}").ravel()
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         if np.any(keys[1:] == keys[:-1]):
-            raise JobError(f"column group {group!r} holds a sample id more than once")
-        if order_keys is None:
-            order_keys = keys
-        elif keys.shape != order_keys.shape or np.any(keys != order_keys):
+            raise JobError("a column group holds a sample id more than once")
+        if reference is None:
+            reference = keys
+        elif keys.shape != reference.shape or np.any(keys != reference):
             raise JobError("the column groups do not hold the same samples (their id sets differ)")
-        if "thresholds" in arrays[members[0]]:
-            matrix_parts.append(np.concatenate([arrays[i][job.histograms_array] for i in members])[order])
-            threshold_parts.append(arrays[members[0]]["thresholds"])  # one group's owners bin with the same edges
-            names += first["features"]
-            columns["categorical"].append(np.array(first["categorical"]))
-            columns["n_categories"].append(np.array(first["n_categories"]))
-            columns["has_missing"].append(np.any([metas[i]["has_missing"] for i in members], axis=0))
-        with_label = [metas[i]["has_label"] for i in members]
-        if any(with_label):
-            if not all(with_label):
-                raise JobError(f"in column group {group!r} some owners hold the label {job.label!r} and some do not")
-            label_parts.append(np.concatenate([arrays[i]["labels"] for i in members])[order])
-    if len(label_parts) != 1:
-        raise JobError(f"exactly one column group must hold the label {job.label!r}")
-    if not matrix_parts:
-        raise JobError("no owner holds feature columns")
-    joined = {key: np.concatenate(parts) for key, parts in columns.items()}
-    return _shared_data(job, np.concatenate(matrix_parts, axis=1), label_parts[0], np.concatenate(threshold_parts),
-                        names, joined, metas)
+        orders.append(order)
+    return orders
+
+
+def _column_group(job: Job, metas: list[dict], arrays: list[dict], members: list[int],
+                  order: np.ndarray | None) -> dict:
+    """One column group's shares, its owners' rows stacked (then put in ``order``), and its public column flags."""
+    first = metas[members[0]]
+    if any(metas[i]["features"] != first["features"] or metas[i]["categorical"] != first["categorical"]
+           or metas[i]["n_categories"] != first["n_categories"] for i in members):
+        raise JobError("owners that split the rows of the same columns must hold the same feature columns, "
+                       "binned alike")
+
+    def stacked(name: str) -> np.ndarray:
+        rows = np.concatenate([arrays[i][name] for i in members]) if len(members) > 1 else arrays[members[0]][name]
+        return rows if order is None else rows[order]
+
+    with_label = [metas[i]["has_label"] for i in members]
+    if any(with_label) and not all(with_label):
+        raise JobError(f"some owners of the same columns hold the label {job.label!r} and some do not")
+    block = {"names": first["features"] if "thresholds" in arrays[members[0]] else [],
+             "labels": stacked("labels") if all(with_label) else None}
+    if block["names"]:
+        block.update(matrix=stacked(job.histograms_array),
+                     thresholds=arrays[members[0]]["thresholds"],  # the group's owners bin with the same edges
+                     categorical=np.array(first["categorical"]), n_categories=np.array(first["n_categories"]),
+                     has_missing=np.any([metas[i]["has_missing"] for i in members], axis=0))
+    return block
 
 
 def _progress_printer(party_id: int):

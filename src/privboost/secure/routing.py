@@ -45,9 +45,7 @@ class Router:
     def __init__(self, party: Party, slot_indices: np.ndarray, layout: CandidateLayout) -> None:
         self.layout = layout
         self.fixed = share_fixed_operand(party, np.array(slot_indices, DTYPE))
-        kinds = set(layout.kind.tolist())
-        self.only_forward = kinds == {FORWARD}
-        self.kinds = kinds
+        self.kinds = set(layout.kind.tolist())
 
     def go_left(self, party: Party, selection: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """Shares (0/1) of "sample i goes left at node j", n × nodes; a node that does not split (``ok`` = 0)
@@ -56,7 +54,7 @@ class Router:
         chosen_feature = layout.feature_onehot(selection)  # (nodes, F)
         slot = matmul_fixed(party, self.fixed, np.ascontiguousarray(chosen_feature.T))  # n × nodes
         chosen_bin = (selection * layout.bin.astype(DTYPE)).sum(axis=1, dtype=DTYPE)  # (nodes,)
-        if self.only_forward:
+        if self.kinds == {FORWARD}:
             left = add_public(party, -ltz(party, chosen_bin - slot), 1)  # [s <= t] = 1 - [t - s < 0]
         else:
             left = self._combine(party, selection, slot, chosen_bin)

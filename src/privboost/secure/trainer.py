@@ -88,6 +88,16 @@ class SecureParams:
         """Trees per boosting round: K for multi:softprob, else 1."""
         return self.num_class if self.objective == "multi:softprob" else 1
 
+    @property
+    def unit_hessians(self) -> bool:
+        """Whether every sample's hessian is exactly 1 (reg:squarederror): H then counts samples."""
+        return self.objective == "reg:squarederror"
+
+    @property
+    def hessian_max(self) -> float:
+        """Bound on one sample's hessian: 1, p(1 − p) <= 1/4, or softmax's 2p(1 − p) <= 1/2."""
+        return {"reg:squarederror": 1.0, "binary:logistic": 0.25, "multi:softprob": 0.5}[self.objective]
+
     def check(self) -> None:
         """Raise `TrainingError` on parameters outside what the trainer supports."""
         if self.objective not in OBJECTIVES:
@@ -213,14 +223,14 @@ class Scaling:
 
     gain_shift: int  # gains are computed as (G · 2^-shift) · G/(H+λ)
     division_extra_bits: int
-    #: every divisor H + λ lies in [2^(low - f), 2^(high - f)): h <= 1 per sample, H >= 0 up to rounding
-    divisor_bits: tuple[int, int] = (0, 38)
+    #: every divisor H + λ lies in [2^(low - f), 2^(high - f))
+    divisor_bits: tuple[int, int]
 
     @classmethod
     def choose(cls, n: int, params: SecureParams, frac_bits: int) -> Scaling:
         """Shifts for n samples at ``frac_bits``; raises TrainingError if no choice fits the ring."""
         g_bits = math.log2(max(n * params.gradient_bound, 1.0))  # |G| <= n·bound
-        if params.objective == "reg:squarederror":  # h = 1: |G| <= bound·H, so |G/(H+λ)| <= bound
+        if params.unit_hessians:  # h = 1: |G| <= bound·H, so |G/(H+λ)| <= bound
             q_bits = math.log2(max(params.gradient_bound, 1.0))
         else:  # hessians may be tiny: |G/(H+λ)| <= n·bound/λ
             q_bits = g_bits - min(0.0, math.log2(params.reg_lambda))
@@ -229,10 +239,9 @@ class Scaling:
             raise TrainingError(f"{frac_bits} fractional bits leave no room for {n} samples with gradient bound "
                                 f"{params.gradient_bound}; use fewer fractional bits")
         shift = max(0, math.ceil(g_bits + q_bits + 2 * frac_bits - 60))
-        # divisors H + λ: hessians are clamped at 0 (`_gradients`), and each exceeds h_max by at most a few units
-        h_max = {"reg:squarederror": 1.0, "binary:logistic": 0.25, "multi:softprob": 0.5}[params.objective]
+        # divisors H + λ: hessians are clamped at 0 (`_gradients`) and exceed hessian_max by at most a few units
         low = max(0, math.floor(math.log2(params.reg_lambda)) + frac_bits)
-        high = math.ceil(math.log2(n * (h_max + 2.0 ** (3 - frac_bits)) + params.reg_lambda)) + frac_bits
+        high = math.ceil(math.log2(n * (params.hessian_max + 2.0 ** (3 - frac_bits)) + params.reg_lambda)) + frac_bits
         return cls(shift, extra, (low, high))
 
 
@@ -296,7 +305,7 @@ def _gradients(party: Party, margin: np.ndarray, labels: np.ndarray,
     """Shares of (g, h) per output: one pair, or one per class for multi:softprob (XGBoost's formulas)."""
     f = party.frac_bits
     one = ring_constant(1 << f)
-    if params.objective == "reg:squarederror":
+    if params.unit_hessians:
         return [(margin - labels, party.public(np.full(margin.shape[0], one, DTYPE)))]
     p = sigmoid(party, margin) if params.objective == "binary:logistic" else _softmax(party, margin)
     h = truncate(party, mul(party, p, add_public(party, -p, one)))
@@ -392,8 +401,8 @@ class HistogramPacking:
     @classmethod
     def choose(cls, n: int, params: SecureParams, frac_bits: int) -> HistogramPacking | None:
         """The packing for n samples, or None if the two fields do not fit in the ring's safe range."""
-        counts = params.objective == "reg:squarederror"
-        h_max = 1.0 if counts else {"binary:logistic": 0.25, "multi:softprob": 0.5}[params.objective] * 2.0**frac_bits
+        counts = params.unit_hessians
+        h_max = 1.0 if counts else params.hessian_max * 2.0**frac_bits  # per sample, in the low field's units
         shift = math.ceil(math.log2(n * h_max + 2)) + 1  # |H| < 2^(shift-1), a unit of rounding to spare
         g_bits = math.ceil(math.log2(n * params.gradient_bound * 2.0**frac_bits + 1))
         drop = max(0, g_bits + shift - (SAFE_MAGNITUDE_BITS - 1))
@@ -425,8 +434,11 @@ def _level_histograms(party: Party, route, g: np.ndarray, h: np.ndarray, members
         hist = route.histograms(party, _weighted_gradients(party, members, g, h))  # (F·S) × 2k
         built_g, built_h = hist[:, :k], hist[:, k:]
     else:
-        gm = mul(party, members, np.broadcast_to(g[:, None], members.shape))
-        hm = members if packing.counts else mul(party, members, np.broadcast_to(h[:, None], members.shape))
+        if packing.counts:  # h = 1: the hessian column is the membership itself
+            gm, hm = mul(party, members, np.broadcast_to(g[:, None], members.shape)), members
+        else:
+            weighted = _weighted_gradients(party, members, g, h)  # both products in one round
+            gm, hm = weighted[:, :k], weighted[:, k:]
         built_g, built_h = packing.unpack(party, route.histograms(party, packing.pack(party, gm, hm)))
     left_g, left_h = built_g.T.reshape(k, *shape), built_h.T.reshape(k, *shape)
     if parent_g is None:
@@ -461,7 +473,7 @@ def _best_splits(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, parent_ok
     # the same gain: candidates that repeat an earlier one exactly are marked invalid (XGBoost keeps the first of
     # equal gains) rather than left to fixed-point noise; candidates that need missing values where the node has
     # none are skipped, as XGBoost skips them
-    empty, duplicate = _repeated_sums(party, hist_g, hist_h, layout, params.objective == "reg:squarederror")
+    empty, duplicate = _repeated_sums(party, hist_g, hist_h, layout, params.unit_hessians)
     checks = mul(party, np.concatenate([add_public(party, -light[:size], 1),
                                         add_public(party, -layout.repeats(empty, duplicate).ravel(), 1)]),
                  np.concatenate([add_public(party, -light[size:], 1),
@@ -488,16 +500,15 @@ def _repeated_sums(party: Party, hist_g: np.ndarray, hist_h: np.ndarray, layout:
     """
     diff_g, diff_h = layout.pair_differences(hist_g), layout.pair_differences(hist_h)
     size, pairs = hist_g.size, diff_g.size
-    if unit_hessians:
-        values = np.concatenate([hist_h.ravel(), diff_g.ravel(), diff_h.ravel()])
-        zero = eq(party, values, np.zeros(values.size, DTYPE))
-        empty = zero[:size].reshape(hist_g.shape)
-        same = mul(party, zero[size:size + pairs], zero[size + pairs:]) if pairs else zero[:0]
+    tested_g = diff_g.ravel() if unit_hessians else np.concatenate([hist_g.ravel(), diff_g.ravel()])
+    tested_h = np.concatenate([hist_h.ravel(), diff_h.ravel()])
+    zero = eq(party, np.concatenate([tested_g, tested_h]), np.zeros(tested_g.size + tested_h.size, DTYPE))
+    zero_g, zero_h = zero[:tested_g.size], zero[tested_g.size:]
+    if unit_hessians:  # empty iff the hessian sum is 0; only the pairs need both sums equal
+        both = np.concatenate([zero_h[:size], mul(party, zero_g, zero_h[size:]) if pairs else zero_g])
     else:
-        values = np.concatenate([hist_g.ravel(), diff_g.ravel(), hist_h.ravel(), diff_h.ravel()])
-        zero = eq(party, values, np.zeros(values.size, DTYPE))
-        both = mul(party, zero[: values.size // 2], zero[values.size // 2:])
-        empty, same = both[:size].reshape(hist_g.shape), both[size:]
+        both = mul(party, zero_g, zero_h)
+    empty, same = both[:size].reshape(hist_g.shape), both[size:]
     duplicate = np.zeros((hist_g.shape[0], hist_g[0].size), DTYPE)
     if pairs:
         counts = layout.duplicate_counts(same.reshape(diff_g.shape))
