@@ -382,6 +382,58 @@ def test_batched_shuffles_and_permutations(count, n, cols, data):
     assert np.array_equal(revealed, r1[6])
 
 
+@FEW
+@given(st.integers(1, 5), st.integers(1, 12), st.sampled_from([1, 3]), st.sampled_from([None, 1, 2]), st.data())
+def test_chunked_and_precomputed_shuffles(count, n, cols, per_chunk, data):
+    """`shuffle_chunks` in chunks of ``per_chunk`` shuffles (None: one chunk) equals whole-batch shuffling, for
+    shared and per-block inputs; `SharedPermutationBatch.apply_chunks` after `precompute` (twice, so two prepared
+    applications queue per chunk) moves x's rows to sigma_h as `apply` does; chunks come in order, cover the batch."""
+    sigmas = [data.draw(st.permutations(list(range(n)))) for _ in range(count)]
+    x = u64(data.draw(st.lists(ring_ints, min_size=n * cols, max_size=n * cols))).reshape(n, cols)
+    blocks = u64(data.draw(st.lists(ring_ints, min_size=count * n * cols, max_size=count * n * cols)))
+    blocks = blocks.reshape(count, n, cols)
+    words = None if per_chunk is None else per_chunk * n * cols
+
+    def gather(chunks):
+        parts, results = zip(*chunks, strict=True)
+        assert [p.start for p in parts] == sorted(p.start for p in parts) and parts[0].start == 0
+        assert parts[-1].stop == count
+        return np.concatenate(results)
+
+    def fn(party, xs, bs, dest):
+        batch = sh.new_shuffle_batch(party, count, n)
+        shared = gather(sh.shuffle_chunks(party, batch, xs, True, words=words))
+        separate = gather(sh.shuffle_chunks(party, batch, bs, False, words=words))
+        perms = sh.prepare_permutations(party, dest)
+        perms.precompute(party, xs.shape, count=2, words=words)
+        applied = [gather(perms.apply_chunks(party, xs, words=words)) for _ in range(2)]
+        applied.append(gather(perms.apply_chunks(party, xs, words=words)))  # nothing prepared any more
+        return [party.open(o) for o in [shared, separate, *applied]] + [batch.own]
+
+    r0, r1 = run_arith(fn, x, blocks, u64(sigmas))
+    shared, separate, *applied, own0 = r0
+    own1 = r1[-1]
+    for h in range(count):
+        pi = own0[h][own1[h]]
+        assert np.array_equal(shared[h], x[pi])
+        assert np.array_equal(separate[h], blocks[h][pi])
+        expected = np.empty_like(x)
+        expected[np.array(sigmas[h])] = x
+        for result in applied:
+            assert np.array_equal(result[h], expected)
+
+
+def test_precomputed_shuffle_for_other_blocks_is_refused():
+    """Masks prepared for blocks of one shape are not used on another: ValueError, not a wrong result."""
+    def program(party):
+        batch = sh.new_shuffle_batch(party, 2, 3)
+        sh.precompute_shuffles(party, batch, (3, 2), shared=True)
+        return sh.shuffle_batch_shared(party, batch, _public(party, (3, 4)))
+
+    cause = cause_of_failed_run(program)
+    assert isinstance(cause, ValueError), repr(cause)
+
+
 @pytest.mark.parametrize("case", ["non_permutation", "one_dimensional", "batch_rows"])
 def test_batched_permutation_errors_raise_value_error(case):
     def program(party):

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from privboost.mpc.gather import add_composed_difference, gather_add_into, gather_rows
 from privboost.mpc.prg import SEED_BYTES, Prg, add_seeded_streams, add_streams_into
 from privboost.mpc.protocols import arithmetic as ar
 from privboost.mpc.protocols import boolean as bo
@@ -235,6 +236,35 @@ def test_seeded_streams_in_parts_equal_whole_streams(size, threads):
     np.testing.assert_array_equal(Prg(seeds[0], start_word=6).words(size), whole[6:])  # a stream from an offset
     with pytest.raises(ValueError, match="even"):
         Prg(seeds[0], start_word=3)
+
+
+@pytest.mark.parametrize("blocks, n, tail", [(1, 1, ()), (3, 5000, (2,)), (2, 9000, (3, 2)), (4, 7, ())])
+def test_gathers_equal_numpy_fancy_indexing(blocks, n, tail):
+    """The compiled gathers (several row ranges per block, run in parallel) equal numpy's indexing mod 2^64, for
+    per-block and shared sources and any trailing shape; bad indices or shapes are refused."""
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 2**64, (blocks, n, *tail), dtype=DTYPE)
+    one = values[0].copy()
+    perms = np.stack([rng.permutation(n) for _ in range(blocks)])
+    second = np.stack([rng.permutation(n) for _ in range(blocks)])
+    out = rng.integers(0, 2**64, (blocks, n, *tail), dtype=DTYPE)
+    expected_rows = np.stack([values[h][perms[h]] for h in range(blocks)])
+    np.testing.assert_array_equal(gather_rows(values, perms), expected_rows)
+    np.testing.assert_array_equal(gather_rows(one, perms, shared=True), np.stack([one[p] for p in perms]))
+    np.testing.assert_array_equal(gather_add_into(out.copy(), values, perms), out + expected_rows)
+    np.testing.assert_array_equal(gather_add_into(out.copy(), one, perms, shared=True),
+                                  out + np.stack([one[p] for p in perms]))
+    subtrahend = rng.integers(0, 2**64, (blocks, n, *tail), dtype=DTYPE)
+    composed = np.stack([values[h][perms[h]][second[h]] - subtrahend[h][second[h]] for h in range(blocks)])
+    np.testing.assert_array_equal(add_composed_difference(out.copy(), values, subtrahend, perms, second),
+                                  out + composed)
+    with pytest.raises(ValueError, match="out of range"):
+        gather_rows(values, perms + 1)
+    with pytest.raises(ValueError):
+        gather_rows(values, perms[:, :-1] if n > 1 else np.zeros((blocks, 2), np.int64))
+    if n > 1:  # a view with one row per block is contiguous anyway
+        with pytest.raises(ValueError, match="contiguous"):
+            gather_add_into(out[:, ::-1], values, perms)
 
 
 # ---------------------------------------------------------------------------------------------------------------

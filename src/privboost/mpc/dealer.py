@@ -20,8 +20,10 @@ Correlations (party p's view; every array uniform on its own):
   random_word_bits(shape, c) r words and their low c bits as ring elements (c-way bit injection, c <= 64)
   permutation(n)             pi_p (party p's own random permutation); the dealer keeps both
   permute_masks(h, step)     masks for one permute-and-reshare step (dealer-aided version of Chase-Ghosh-
-                             Poburinnaya's share translation, ASIACRYPT 2020; as XORBoost); batched, optionally
-                             with one helper mask for a batch whose steps all take the same input block
+                             Poburinnaya's share translation, ASIACRYPT 2020; as XORBoost); also batched
+  shuffle_masks_many(hs)     both steps' masks of forward shuffles at once: the two share translations merged
+                             into one correction c (party 1's intermediate share is never materialised), with
+                             one input mask for a batch that shuffles the same block
 
 Leakage to the dealer: it knows every mask, every random permutation it issued and their composition; it must not
 collude with a party. A dealer-free offline phase (OT/HE triple generation) or a third replicated party can replace
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from privboost.mpc.gather import add_composed_difference, gather_rows, inverse_permutation
 from privboost.mpc.kernels import matmul_nn, matmul_tn
 from privboost.mpc.prg import Prg, new_seed
 from privboost.mpc.ring import DTYPE
@@ -99,12 +102,16 @@ class CorrelationProvider(ABC):
         """(handle, this party's own random permutation of range(size) as gather indices)."""
 
     @abstractmethod
-    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape,
-                           shared: bool = False) -> dict[str, np.ndarray]:
-        """`permute_masks` for several permutations at once: arrays of shape (len(handles), *shape).
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape) -> dict[str, np.ndarray]:
+        """`permute_masks` for several permutations at once: arrays of shape (len(handles), *shape)."""
 
-        ``shared``: one helper mask ``a`` of shape ``shape`` for every permutation (delta_h = a[P_h] + b_h), for a
-        step whose input is the same block for all of them: the helper then sends its masked share once.
+    @abstractmethod
+    def shuffle_masks_many(self, handles: list[int], shape: Shape, shared: bool = False) -> dict[str, np.ndarray]:
+        """Masks of a whole forward shuffle (both steps) for each handle, on blocks of ``shape`` = (n, ...).
+
+        Party 0 gets ``r`` and ``s`` (len(handles), *shape); party 1 gets ``a`` (``shape`` if ``shared``: one block
+        read by every shuffle; else (len(handles), *shape)) and ``c`` = (a[P0] - r)[P1] - s per block, with P0, P1
+        the two parties' permutations as gather indices.
         """
 
     @abstractmethod
@@ -247,20 +254,12 @@ def _finish_permutation(party: int, view: list, corr: list, params: dict):
     return params["handle"], view[0]
 
 
-def inverse_permutation(perm: np.ndarray) -> np.ndarray:
-    """The gather indices of the inverse permutation: x[perm][inv] == x."""
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(perm.size, dtype=perm.dtype)
-    return inv
-
-
 def _draw_permute(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
     shape = _shape(params)
-    a_shape = shape[1:] if params.get("shared") else shape  # one mask for every permutation of a batch
     permuter = params["step"]
     if party == permuter:
         return [prg.words(shape)] if party == 0 else []  # party 0's delta is random; party 1's is a correction
-    return [prg.words(a_shape)] if party == 1 else [prg.words(a_shape), prg.words(shape)]  # helper: a (b if p0)
+    return [prg.words(shape)] if party == 1 else [prg.words(shape), prg.words(shape)]  # helper: a (and b if p0)
 
 
 def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
@@ -272,30 +271,33 @@ def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.n
     return [v0[0][perm] + v0[1]]  # permuter party 1 gets delta = a[P] + b; helper party 0 holds a, b
 
 
-def gather_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """values (H, n, ...) with block h's rows gathered by perms[h] (H, n): out[h] = values[h][perms[h]].
-
-    One ``np.take`` per block: whole rows move as contiguous memory, several times faster than take_along_axis.
-    """
-    out = np.empty((perms.shape[0], *values.shape[1:]), values.dtype)  # values may be a broadcast block
-    for h in range(perms.shape[0]):
-        np.take(values[h], perms[h], axis=0, out=out[h])
-    return out
-
-
-def gather_shared_rows(values: np.ndarray, perms: np.ndarray) -> np.ndarray:
-    """One block ``values`` (n, ...) gathered by each of perms (H, n): out[h] = values[perms[h]], shape (H, n, ...)."""
-    return gather_rows(np.broadcast_to(values, (perms.shape[0], *values.shape)), perms)
-
-
 def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
     perms = np.stack([state[("perm", h)][params["step"]] for h in params["handles"]])
     if params["inverse"]:
         perms = np.argsort(perms, axis=1)  # the inverse permutation of each row
-    gather = gather_shared_rows if params.get("shared") else gather_rows
     if params["step"] == 0:
-        return [v0[0] - gather(v1[0], perms)]
-    return [gather(v0[0], perms) + v0[1]]
+        return [v0[0] - gather_rows(v1[0], perms)]
+    return [gather_rows(v0[0], perms) + v0[1]]
+
+
+def _draw_shuffle(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
+    shape = _shape(params)  # (H, n, ...)
+    if party == 0:
+        return [prg.words(shape), prg.words(shape)]  # r: pads the step-0 message; s: party 0's result share
+    return [prg.words(shape[1:] if params.get("shared") else shape)]  # a: pads party 1's input
+
+
+def _correct_shuffle(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
+    handles = params["handles"]
+    first = np.stack([state[("perm", h)][0] for h in handles])
+    second = np.stack([state[("perm", h)][1] for h in handles])
+    r, s = v0
+    correction = np.negative(s, out=s)  # c = (a[P0] - r)[P1] - s, built in s's memory
+    return [add_composed_difference(correction, v1[0], r, first, second, shared=bool(params.get("shared")))]
+
+
+def _finish_shuffle(party: int, view: list, corr: list, params: dict):
+    return {"r": view[0], "s": view[1]} if party == 0 else {"a": view[0], "c": corr[0]}
 
 
 def _finish_permute(party: int, view: list, corr: list, params: dict):
@@ -317,6 +319,7 @@ KINDS: dict[str, _Kind] = {
     "permutation": _Kind(_draw_permutation, _correct_permutation, _finish_permutation, 0),
     "permute": _Kind(_draw_permute, _correct_permute, _finish_permute, 1),
     "permute_many": _Kind(_draw_permute, _correct_permute_many, _finish_permute, 1),
+    "shuffle_many": _Kind(_draw_shuffle, _correct_shuffle, _finish_shuffle, 1),
 }
 
 
@@ -474,19 +477,20 @@ class DealerClient(CorrelationProvider):
         self._perm_sizes[handle] = size
         return self._get("permutation", {"size": size, "handle": handle})
 
-    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape, shared: bool = False):
+    def _check_sizes(self, handles: list[int], rows: int) -> None:
+        for handle in handles:
+            if rows != self._perm_sizes[handle]:
+                raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {rows} rows")
+
+    def permute_masks_many(self, handles: list[int], step: int, inverse: bool, shape: Shape):
         """See CorrelationProvider.permute_masks_many.
 
         When party 1 is the helper its ``b`` comes back as a zero-argument callable: the helper sends its masked
         share first and fetches ``b`` afterwards, so the dealer computes while the permuter works. The caller must
         call it before asking for any other correlation.
         """
-        for handle in handles:
-            if shape[0] != self._perm_sizes[handle]:
-                raise DealerError(f"permutation {handle} has size {self._perm_sizes[handle]}, data {shape[0]} rows")
+        self._check_sizes(handles, shape[0])
         params = {"handles": list(handles), "step": step, "inverse": inverse, "shape": [len(handles), *shape]}
-        if shared:
-            params["shared"] = True
         if self.party_id == 1 and step == 0 and self.dealer is not None:
             self.settle()
             dealer = self.dealer
@@ -494,6 +498,14 @@ class DealerClient(CorrelationProvider):
             view = KINDS["permute_many"].draw(1, self.prg, params, {})
             return {"a": view[0], "b": dealer.recv_array}
         return self._get("permute_many", params)
+
+    def shuffle_masks_many(self, handles: list[int], shape: Shape, shared: bool = False):
+        """See CorrelationProvider.shuffle_masks_many (party 1's ``c`` is read from the dealer on first use)."""
+        self._check_sizes(handles, shape[0])
+        params = {"handles": list(handles), "shape": [len(handles), *shape]}
+        if shared:
+            params["shared"] = True
+        return self._get("shuffle_many", params)
 
     def permute_masks(self, handle: int, step: int, inverse: bool, shape: Shape):
         """See CorrelationProvider.permute_masks."""
