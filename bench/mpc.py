@@ -50,6 +50,10 @@ def _dealer_received(party: Party) -> int:
     return getattr(provider, "dealer_bytes_received", 0)
 
 
+def _barrier(party: Party) -> None:
+    party.open(np.zeros(1, np.uint64))  # both parties wait here for each other
+
+
 def mpc_bench(party: Party, params: dict) -> dict:
     """The benchmark program each party runs (registered with the runner by its dotted path)."""
     n, features, bins, k = params["n"], params["features"], params["bins"], params["columns"]
@@ -71,17 +75,19 @@ def mpc_bench(party: Party, params: dict) -> dict:
     out["fixed_setup_s"] = time.perf_counter() - start
     out["fixed_setup_mb"] = (_sent(party) - sent0) / 1e6
     products = params["products"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     precompute_products(party, fixed, k, products)
     out["product_offline_s"] = (time.perf_counter() - start) / products
+    out["product_cpu_s"] = (time.process_time() - cpu) / products
     gradients = encode_fixed(data.normal(size=(n, k))) if party.party_id == 1 else None
     y = party.input(1, gradients)
     online = []
-    sent0 = _sent(party)
+    sent0, cpu = _sent(party), time.process_time()
     for _ in range(products):
         start = time.perf_counter()
         hist = matmul_fixed_t(party, fixed, y)
         online.append(time.perf_counter() - start)
+    out["product_cpu_s"] += (time.process_time() - cpu) / products  # this process's CPU (all threads), both halves
     out["product_online_s"] = float(np.median(online))
     out["product_mb"] = (_sent(party) - sent0) / 1e6 / products
     # check: party 0 learns Y (benchmark only) and compares with its plaintext one-hot product
@@ -105,16 +111,29 @@ def mpc_bench(party: Party, params: dict) -> dict:
     out["perm_prepare_s"] = time.perf_counter() - start
     columns = party.input(0, data.integers(0, 1 << 40, (n, k)) if party.party_id == 0 else None)
     words = 1 << 22  # output words per message (32 MB): bounded memory, and the parties' work overlaps
-    start, dealer0 = time.perf_counter(), _dealer_received(party)
+    start, dealer0, cpu = time.perf_counter(), _dealer_received(party), time.process_time()
     perms.precompute(party, columns.shape, words=words)  # offline: masks and party 1's dealer corrections
     out["perm_offline_s"] = time.perf_counter() - start
     out["perm_dealer_mb"] = (_dealer_received(party) - dealer0) / 1e6
+    _barrier(party)  # the online half starts when both parties have their masks
     start, sent0 = time.perf_counter(), _sent(party)
     moved = None
     for _, moved in perms.apply_chunks(party, columns, words=words):  # noqa: B007 - the last chunk is checked
         pass  # each chunk of results would be consumed here (training sums them per bin)
     out["perm_apply_s"] = time.perf_counter() - start
+    out["perm_cpu_s"] = time.process_time() - cpu  # offline and online
     out["perm_apply_mb"] = (_sent(party) - sent0) / 1e6
+    # the floor under any protocol that moves these words: one plain TLS transfer of as many bytes, party 0 -> 1
+    block = np.zeros(min(words, n * k * features), np.uint64)
+    _barrier(party)
+    start = time.perf_counter()
+    for _ in range(n * k * features // block.size):
+        if party.party_id == 0:
+            party.peer.send_array(block)
+        else:
+            party.peer.recv_array()
+    _barrier(party)
+    out["tls_transfer_s"] = time.perf_counter() - start
     last = party.reveal_to(0, moved[-1])
     plain_cols = party.reveal_to(0, columns)
     last_dest = party.reveal_to(0, destinations[features - 1])
@@ -198,11 +217,14 @@ def main() -> None:
         ("histogram product, offline half (E^T·V)", "product_offline_s", "s"),
         ("histogram product, online half", "product_online_s", "s"),
         ("  MB sent per product", "product_mb", "MB"),
+        ("  CPU per product, both halves (all threads)", "product_cpu_s", "s"),
         (f"prepare {args.features} permutations (one-off)", "perm_prepare_s", "s"),
         (f"apply {args.features} permutations to {args.columns} columns: offline", "perm_offline_s", "s"),
         ("  MB from the dealer for them", "perm_dealer_mb", "MB"),
         ("  online", "perm_apply_s", "s"),
         ("  MB sent for them", "perm_apply_mb", "MB"),
+        ("  CPU for them, both halves (all threads)", "perm_cpu_s", "s"),
+        ("  plain TLS transfer of as many bytes (0 -> 1)", "tls_transfer_s", "s"),
         ("comparisons per second", "comparisons_per_s", "/s"),
         ("MB sent per 10^6 comparisons", "mb_per_million_comparisons", "MB"),
         ("dealer MB per 10^6 comparisons", "dealer_mb_per_million_comparisons", "MB"),

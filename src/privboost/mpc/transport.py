@@ -107,6 +107,11 @@ def _parse_array(header: bytes, payload: bytes | bytearray) -> np.ndarray:
     return arr.reshape(shape)
 
 
+def _fresh_buffer(kind: int, size: int) -> bytearray | memoryview:
+    """A new receive buffer; an array's is not zero-filled first (every byte is about to be received)."""
+    return memoryview(np.empty(size, np.uint8)) if kind == KIND_ARRAY else bytearray(size)
+
+
 class Channel(ABC):
     """One end of a reliable, ordered, framed connection to a named peer."""
 
@@ -370,7 +375,9 @@ class SocketChannel(Channel):
             raise TransportError(f"malformed frame from {self.peer_name}")
         header = bytes(self._recv_exact(header_len))
         if kind == KIND_ARRAY:
-            return kind, header, self._recv_exact(payload_len, self._spare_buffer(payload_len))
+            into = self._spare_buffer(payload_len)
+            return kind, header, self._recv_exact(payload_len, _fresh_buffer(kind, payload_len) if into is None
+                                                  else into)
         return kind, header, self._recv_exact(payload_len)
 
     def _spare_buffer(self, size: int) -> bytearray | memoryview | None:
@@ -459,7 +466,7 @@ class SocketChannel(Channel):
                         elif stage == 1:
                             # fresh memory, not `_spare_buffer`: duplex exchanges carry the MPC engine's
                             # openings, near its memory peak, where kept buffers would add to the peak
-                            stage, header, buf, got = 2, bytes(buf), bytearray(payload_len), 0
+                            stage, header, buf, got = 2, bytes(buf), _fresh_buffer(kind, payload_len), 0
                         else:
                             receiving = False
                         continue
