@@ -14,15 +14,20 @@ from privboost.mpc.ring import DTYPE
 _ROWS_PER_TASK = 4096  # rows per parallel task: many tasks even when one permutation is gathered
 
 
+@njit(cache=True)
+def _task_rows(task, n):  # pragma: no cover - compiled
+    # task -> (block, first row, end row): each block's rows in ranges of _ROWS_PER_TASK
+    per_block = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    lo = (task % per_block) * _ROWS_PER_TASK
+    return task // per_block, lo, min(n, lo + _ROWS_PER_TASK)
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
 def _gather(out, values, perms, add):  # pragma: no cover - compiled
     blocks, n = perms.shape
     width = out.shape[2]
-    per_block = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for task in prange(blocks * per_block):
-        h = task // per_block
-        lo = (task % per_block) * _ROWS_PER_TASK
-        hi = min(n, lo + _ROWS_PER_TASK)
+    for task in prange(blocks * ((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK)):
+        h, lo, hi = _task_rows(task, n)
         src = values[h if values.shape[0] > 1 else 0]
         perm = perms[h]
         dst = out[h]
@@ -41,11 +46,8 @@ def _composed_difference(out, values, subtrahend, first, second):  # pragma: no 
     # out[h, i] += values[h|0][first[h][second[h][i]]] - subtrahend[h][second[h][i]]
     blocks, n = second.shape
     width = out.shape[2]
-    per_block = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for task in prange(blocks * per_block):
-        h = task // per_block
-        lo = (task % per_block) * _ROWS_PER_TASK
-        hi = min(n, lo + _ROWS_PER_TASK)
+    for task in prange(blocks * ((n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK)):
+        h, lo, hi = _task_rows(task, n)
         src = values[h if values.shape[0] > 1 else 0]
         sub = subtrahend[h]
         outer = first[h]
