@@ -759,8 +759,8 @@ def test_matmul_fixed_exact(n, m, widths, consume, data):
 @given(st.integers(1, 5), st.integers(1, 4), st.lists(st.integers(1, 3), min_size=1, max_size=4),
        st.lists(st.integers(1, 3), max_size=2), st.lists(st.integers(1, 3), max_size=3), st.data())
 def test_precomputed_products_exact(n, m, pre, live, later, data):
-    """precompute_products then matmul_fixed_t is exact: products from precomputed halves (``pre``, precomputed in
-    runs of equal widths, so count > 1 occurs), then on-the-fly products once the queue is empty (``live``), then a
+    """precompute_products then matmul_fixed_t is exact: products from precomputed halves (``pre``, one batch of
+    mixed widths: one V split by columns), then on-the-fly products once the queue is empty (``live``), then a
     second precomputation (``later``); an X·Z product on the same operand and a second fixed operand with its own
     precomputed product are interleaved and must not disturb the queue."""
     x = data.draw(matrices(n, m))
@@ -770,21 +770,17 @@ def test_precomputed_products_exact(n, m, pre, live, later, data):
     y2 = data.draw(matrices(n, 2))
     z = data.draw(matrices(m, 2))
 
-    def precompute(party, fixed, ks):
-        for k, group in itertools.groupby(ks):
-            ar.precompute_products(party, fixed, k, len(list(group)))
-
     def fn(party, xs, x2s, y2s, zs, *yss):
         fixed = ar.share_fixed_operand(party, xs)
         other = ar.share_fixed_operand(party, x2s)
-        ar.precompute_products(party, fixed, 1, 0)  # count 0: nothing
-        precompute(party, fixed, pre)
-        ar.precompute_products(party, other, 2, 1)
+        ar.precompute_products(party, fixed, [])  # nothing
+        ar.precompute_products(party, fixed, pre)
+        ar.precompute_products(party, other, [2])
         assert len(fixed.prepared) == len(pre) and len(other.prepared) == 1
         out, extra = [], []
         for i, ys_ in enumerate(yss):
             if i == len(pre) + len(live):
-                precompute(party, fixed, later)
+                ar.precompute_products(party, fixed, later)
             out.append(ar.matmul_fixed_t(party, fixed, ys_))
             if i == 0:
                 extra = [ar.matmul_fixed_t(party, other, y2s), ar.matmul_fixed(party, fixed, zs)]
@@ -801,7 +797,7 @@ def test_precomputed_products_exact(n, m, pre, live, later, data):
 def test_precomputed_width_mismatch_raises_value_error():
     def program(party):
         fixed = ar.share_fixed_operand(party, party.public(np.ones((3, 2), DTYPE)))
-        ar.precompute_products(party, fixed, 2, 1)
+        ar.precompute_products(party, fixed, [2])
         return ar.matmul_fixed_t(party, fixed, party.public(np.ones((3, 3), DTYPE)))
 
     cause = cause_of_failed_run(program)

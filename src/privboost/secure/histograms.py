@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from privboost.mpc.protocols.arithmetic import matmul_fixed_t, share_fixed_operand
+from privboost.mpc.protocols.arithmetic import matmul_fixed_t, precompute_products, share_fixed_operand
 from privboost.mpc.protocols.shuffle import new_shuffle_batch, shuffle_batch, shuffle_chunks
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.runtime import Party
@@ -45,6 +45,11 @@ class OneHotRoute:
     def __init__(self, party: Party, onehot: np.ndarray) -> None:
         self.fixed = share_fixed_operand(party, onehot, consume=True)  # the one-off opening of X - U
 
+    def prepare(self, party: Party, widths: list[int]) -> None:
+        """Before a tree: the input-independent halves of its products (``widths``: columns of each level's Y), in
+        one pass over the opened matrix instead of one per level (and one dealer pass over its mask)."""
+        precompute_products(party, self.fixed, widths)
+
     def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
         """Shares of X^T·Y, (F·B) × k."""
         return matmul_fixed_t(party, self.fixed, columns)
@@ -65,6 +70,9 @@ class ShuffleRoute:
         if np.any(opened >= np.uint64(n_bins)):
             raise ValueError("a shared bin index is out of range: the owners' data is inconsistent")
         self.bins = opened.astype(np.int64)
+
+    def prepare(self, party: Party, widths: list[int]) -> None:
+        """Nothing to prepare ahead on this route (its masks are fetched per level, while the parties work)."""
 
     def histograms(self, party: Party, columns: np.ndarray) -> np.ndarray:
         """Shares of the per-(feature, bin) sums of Y, (F·B) × k."""

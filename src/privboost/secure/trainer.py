@@ -337,6 +337,12 @@ class _TreeGrower:
         self.params, self.scaling, self.layout, self.clock, self.report = params, scaling, layout, clock, report
         self.packing = HistogramPacking.choose(data.rows, params, party.frac_bits)
 
+    def _histogram_widths(self) -> list[int]:
+        """Columns of each level's histogram operand (`_level_histograms`): the root, then the left child of every
+        node of the level above; one packed word per entry or a gradient and a hessian column each."""
+        left_children = [1] + [2 ** (level - 1) for level in range(1, self.params.max_depth)]
+        return [k if self.packing is not None else 2 * k for k in left_children]
+
     def grow(self, g: np.ndarray, h: np.ndarray) -> tuple[TreeShares, np.ndarray]:
         """(this party's shares of the tree, shares of each sample's output of the tree)."""
         party, params, scaling, clock, data = self.party, self.params, self.scaling, self.clock, self.data
@@ -345,6 +351,8 @@ class _TreeGrower:
         membership = party.public(np.ones((n, 1), DTYPE))
         parent_ok = party.public(np.ones(1, DTYPE))
         hist_g = hist_h = None
+        with clock("histograms"):
+            self.route.prepare(party, self._histogram_widths())
         for level in range(params.max_depth):
             with clock("histograms"):
                 hist_g, hist_h = _level_histograms(party, self.route, g, h, membership, hist_g, hist_h, data,

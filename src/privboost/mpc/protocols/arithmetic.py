@@ -10,7 +10,9 @@ Constructions and leakage:
     because E = X - U is a single one-time-pad opening of X, and every later opening F is padded by an independent
     V; the pair (E, F_1, F_2, ...) is jointly uniform. Reusing a V (or opening two different X under one U)
     would leak differences, so the API never does either. `precompute_products` moves the input-independent half
-    E^T·V_p of each product to an offline phase (the correlations are fetched in the same order either way).
+    E^T·V_p of future products to an offline phase: one V for all of them, split by columns (its columns are
+    independent uniform masks, so each product still gets fresh ones), so E and the dealer's U are read once for
+    the batch instead of once per product (the correlations are fetched in the same order either way).
   * `truncate`: dealer-assisted probabilistic truncation with the mask's top bit (Escudero, Ghosh, Keller,
     Rachuri, Scholl, CRYPTO 2020; Dalskov, Escudero, Keller, PETS 2020). For |x| < 2^62 it returns
     floor(x / 2^d) or floor(x / 2^d) + 1 (error below one unit in the last place), never a wrap-around error.
@@ -21,6 +23,7 @@ Constructions and leakage:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,15 +146,25 @@ def share_fixed_operand(party: Party, x: np.ndarray, consume: bool = False) -> F
     return FixedOperand(handle, opened, left)
 
 
-def precompute_products(party: Party, fixed: FixedOperand, k: int, count: int) -> None:
-    """Offline phase for ``count`` future products with k columns: fetch (V, W) and compute E^T·V_p + W_p now.
+def precompute_products(party: Party, fixed: FixedOperand, widths: Sequence[int]) -> None:
+    """Offline phase for future products X^T·Y with ``widths[i]`` columns each, in that order: fetch one (V, W)
+    for all of them and compute E^T·V_p + W_p now, in one pass over E (split by columns afterwards).
 
     This half of each product does not depend on the right operand, so it can run before the data is there
     (both parties must call this identically, as every correlation request is ordered).
     """
-    for _ in range(count):
-        v, w = party.correlations.fixed_product(fixed.handle, k)
-        fixed.prepared.append((v, matmul_tn(fixed.opened, v) + w))
+    widths = [int(k) for k in widths]
+    if any(k < 1 for k in widths):
+        raise ValueError(f"product widths must be positive, got {widths}")
+    if not widths:
+        return
+    v, w = party.correlations.fixed_product(fixed.handle, sum(widths))
+    offline = matmul_tn(fixed.opened, v) + w
+    start = 0
+    for k in widths:
+        columns = slice(start, start + k)
+        fixed.prepared.append((np.ascontiguousarray(v[:, columns]), np.ascontiguousarray(offline[:, columns])))
+        start += k
 
 
 def matmul_fixed_t(party: Party, fixed: FixedOperand, y: np.ndarray) -> np.ndarray:
