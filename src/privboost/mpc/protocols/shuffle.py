@@ -12,8 +12,8 @@ Constructions:
     (``shuffle_masks_many``): party 1 sends x_1 - a; party 0 sends m = (x_0 + x_1 - a)[P0] + r and keeps the
     result share s; party 1's result share is m[P1] + c with c = (a[P0] - r)[P1] - s from the dealer. This is the
     two permute-and-reshare steps with the dealer's two translations composed, so party 1's intermediate share is
-    never formed: two messages of the data's size and one dense dealer correction per application (three dense
-    dealer flows in the step-by-step form). `unshuffle` runs the inverse steps one at a time.
+    never formed: two messages of the data's size and one dense dealer correction per application (two dense
+    dealer corrections in the step-by-step form). `unshuffle` runs the inverse steps one at a time.
   * `SharedPermutation`: applying a permutation sigma that is itself secret-shared (e.g. the order that sorts a
     feature) by the shuffle-then-reveal method (as in Hamada et al., ICISC 2012, and XORBoost's sort-once
     histograms): shuffle sigma's destination indices with a fresh shuffle pi, open sigma∘pi (a uniformly random
@@ -208,12 +208,13 @@ def shuffle_chunks(party: Party, batch: ShuffleBatch, x: np.ndarray, shared: boo
     (slice of the batch's shuffles, shares of their results (h, n, ...)), each block then gathered by the public
     ``then`` (H, n) if given. Two permute-and-reshare steps on one dealer correlation per chunk (module docstring);
     party 1 sends a chunk's masked input while it receives the previous chunk's message, so the parties overlap.
-    Between chunks the caller may compute locally but must not use the channel or the correlations."""
+    The caller must take every chunk, and between chunks may compute locally but not use the channel or the
+    correlations (the two parties' messages and dealer requests must stay in step)."""
     x = np.ascontiguousarray(x, dtype=DTYPE)
     block = _block_shape(batch, x, shared)
     parts = batch.chunks(int(np.prod(block)), words)
 
-    def masks_of(j: int) -> dict:
+    def masks_of(j: int) -> tuple[dict, np.ndarray]:
         part, sub = parts[j]
         operand = x if shared else x[part]
         return _next_masks(party, sub, block, shared, None if then is None else then[part]), operand
