@@ -42,7 +42,7 @@ import numpy as np
 
 from privboost.mpc.gather import add_composed_difference, gather_rows, inverse_permutation
 from privboost.mpc.kernels import matmul_nn, matmul_tn
-from privboost.mpc.prg import Prg, new_seed
+from privboost.mpc.prg import Prg, StreamSlice, add_streams_into, new_seed
 from privboost.mpc.ring import DTYPE
 from privboost.mpc.transport import Channel, MpcError, PeerDisconnected, TransportError
 
@@ -74,8 +74,9 @@ class CorrelationProvider(ABC):
         """Shares of U (n×m), V (m×k) and W = U·V."""
 
     @abstractmethod
-    def fixed_mask(self, n: int, m: int) -> tuple[int, np.ndarray]:
-        """(handle, share of U (n×m)): the mask of a fixed operand for `fixed_product`."""
+    def fixed_mask(self, n: int, m: int) -> tuple[int, StreamSlice]:
+        """(handle, share of U (n×m) as the n·m words of a `StreamSlice`, row-major, expanded on demand): the mask
+        of a fixed operand for `fixed_product`."""
 
     @abstractmethod
     def fixed_product(self, handle: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,9 +133,12 @@ class CorrelationProvider(ABC):
 @dataclass
 class _Kind:
     draw: Callable
-    correct: Callable
+    correct: Callable | None  # None when `serve` replaces draw + correct on the dealer's side
     finish: Callable
     n_corrections: int
+    #: the dealer's own draw-and-correct, (prgs, params, state) -> corrections, where expanding both parties' parts
+    #: separately (as `draw` + `correct` do) would hold two large arrays at once
+    serve: Callable | None = None
 
 
 def _shape(params: dict) -> Shape:
@@ -168,12 +172,16 @@ def _correct_matmul(v0: list, v1: list, params: dict, state: dict) -> list[np.nd
     return [matmul_nn(v0[0] + v1[0], v0[1] + v1[1]) - v0[2]]
 
 
-def _draw_fixed_mask(party: int, prg: Prg, params: dict, state: dict) -> list[np.ndarray]:
-    return [prg.words((params["n"], params["m"]))]
+def _draw_fixed_mask(party: int, prg: Prg, params: dict, state: dict) -> list[StreamSlice]:
+    return [prg.split_off(params["n"] * params["m"])]  # expanded by the caller as it needs it (n×m can be gigabytes)
 
 
-def _correct_fixed_mask(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
-    state[("fixed", params["handle"])] = np.add(v0[0], v1[0], out=v0[0])  # in place: U can be gigabytes
+def _serve_fixed_mask(prgs: tuple[Prg, Prg], params: dict, state: dict) -> list[np.ndarray]:
+    # U = U_0 + U_1 in one pass into one array: both parties' streams are added as they are expanded, so the dealer
+    # holds one n×m matrix, not two (the streams advance exactly as the parties' `_draw_fixed_mask` does)
+    mask = np.zeros((params["n"], params["m"]), DTYPE)
+    add_streams_into(mask, [(prgs[0], False), (prgs[1], False)])
+    state[("fixed", params["handle"])] = mask
     return []
 
 
@@ -310,7 +318,7 @@ KINDS: dict[str, _Kind] = {
     "beaver": _Kind(_draw_beaver, _correct_beaver, _finish_triple, 1),
     "and": _Kind(_draw_beaver, _correct_and, _finish_triple, 1),
     "matmul": _Kind(_draw_matmul, _correct_matmul, _finish_triple, 1),
-    "fixed_mask": _Kind(_draw_fixed_mask, _correct_fixed_mask, _finish_fixed_mask, 0),
+    "fixed_mask": _Kind(_draw_fixed_mask, None, _finish_fixed_mask, 0, _serve_fixed_mask),
     "fixed_product": _Kind(_draw_fixed_product, _correct_fixed_product, _finish_pair, 1),
     "fixed_product_nn": _Kind(_draw_fixed_product_nn, _correct_fixed_product_nn, _finish_pair, 1),
     "trunc": _Kind(_draw_trunc, _correct_trunc, _finish_trunc, 2),
@@ -555,10 +563,14 @@ class TrustedDealer:
     def _serve_one(self, request: dict) -> list[np.ndarray]:
         kind = KINDS[request["kind"]]
         params = request["params"]
-        view0 = kind.draw(0, self._prgs[0], params, self._state)
-        view1 = kind.draw(1, self._prgs[1], params, self._state)
         self.requests_served += 1
-        return [np.ascontiguousarray(c, dtype=DTYPE) for c in kind.correct(view0, view1, params, self._state)]
+        if kind.serve is not None:
+            corrections = kind.serve(self._prgs, params, self._state)
+        else:
+            view0 = kind.draw(0, self._prgs[0], params, self._state)
+            view1 = kind.draw(1, self._prgs[1], params, self._state)
+            corrections = kind.correct(view0, view1, params, self._state)
+        return [np.ascontiguousarray(c, dtype=DTYPE) for c in corrections]
 
 
 def start_dealer_thread(to_party0: Channel, to_party1: Channel) -> tuple[TrustedDealer, threading.Thread]:

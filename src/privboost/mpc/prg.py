@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -36,9 +37,17 @@ class Prg:
             raise ValueError(f"seed must be {SEED_BYTES} bytes")
         if start_word < 0 or start_word % 2:
             raise ValueError("start_word must be even and >= 0")
-        counter = (start_word // 2).to_bytes(16, "big")  # CTR: block i of the stream encrypts counter i
-        self._encryptor = Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor()
+        self._seed, self._start = seed, start_word
+        self._encryptor = _encryptor_at(seed, start_word)
         self.words_drawn = 0
+
+    def split_off(self, count: int) -> StreamSlice:
+        """The stream's next ``count`` words as a `StreamSlice` (expanded later, on demand); this generator moves
+        past them without expanding them, exactly as if it had drawn them."""
+        position = self._start + self.words_drawn
+        self._encryptor = _encryptor_at(self._seed, position + count)
+        self.words_drawn += count
+        return StreamSlice(self._seed, position, count)
 
     def words(self, shape: int | tuple[int, ...]) -> np.ndarray:
         """Uniform uint64 array of ``shape``."""
@@ -68,6 +77,43 @@ class Prg:
     def permutation(self, size: int) -> np.ndarray:
         """A uniformly random permutation of range(size) as int64 indices (argsort of 64-bit random keys)."""
         return np.argsort(self.words(size), kind="stable").astype(np.int64)
+
+
+def _encryptor_at(seed: bytes, word: int):
+    """An AES-CTR encryptor whose next output is word ``word`` of the seed's stream (two words per block)."""
+    counter = (word // 2).to_bytes(16, "big")  # CTR: block i of the stream encrypts counter i
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor()
+    if word % 2:  # start in the middle of a block: drop its first word
+        encryptor.update(bytes(8))
+    return encryptor
+
+
+@dataclass(frozen=True)
+class StreamSlice:
+    """``count`` consecutive words of a seed's stream from word ``start`` on: expanded on demand, as often as needed
+    (always the same words), so a large mask need not be held in memory between its uses."""
+
+    seed: bytes
+    start: int
+    count: int
+
+    def words(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """The slice as a uint64 array of ``shape`` (``count`` elements)."""
+        if int(np.prod(shape, dtype=np.int64)) != self.count:
+            raise ValueError(f"the slice has {self.count} words, not shape {shape}")
+        return self._generator().words(shape)
+
+    def add_into(self, out: np.ndarray, subtract: bool = False) -> None:
+        """``out += words`` (or ``-=``) mod 2^64 in place, for a contiguous uint64 ``out`` of ``count`` elements."""
+        if out.size != self.count:
+            raise ValueError(f"the slice has {self.count} words, the array {out.size}")
+        add_streams_into(out, [(self._generator(), subtract)])
+
+    def _generator(self) -> Prg:
+        prg = Prg.__new__(Prg)
+        prg._seed, prg._start, prg.words_drawn = self.seed, self.start, 0
+        prg._encryptor = _encryptor_at(self.seed, self.start)
+        return prg
 
 
 def _flat_operands(out: np.ndarray, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -247,7 +247,7 @@ def run_owner(job: Job) -> dict:
         _send_json(to0, meta)
         _send_json(to1, meta)
         for name in meta["arrays"]:
-            share0, seed = split_for_parties(shares.arrays[name])
+            share0, seed = split_for_parties(shares.arrays.pop(name))  # the owner's copy goes as it is dealt
             to0.send_array(share0)
             to1.send_bytes(seed)
         if job.split == "mixed":  # both parties get every row's id pseudonym, to join the column groups

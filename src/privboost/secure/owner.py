@@ -92,10 +92,13 @@ def load_owner_table(path: str, label: str, id_column: str | None) -> OwnerTable
 
 
 def split_for_parties(values: np.ndarray) -> tuple[np.ndarray, bytes]:
-    """(party 0's share, party 1's seed): party 1's share is ``Prg(seed).words(shape)``."""
-    ring = as_ring(values)
+    """(party 0's share, party 1's seed): party 1's share is ``Prg(seed).words(shape)``; party 0's is the values
+    minus that stream, streamed into a copy of the values (no array of the stream is held: the one-hot block can be
+    gigabytes)."""
+    share0 = np.array(as_ring(values), dtype=np.uint64, order="C")
     seed = new_seed()
-    return ring - Prg(seed).words(ring.shape), seed
+    Prg(seed).add_into(share0, subtract=True)
+    return share0, seed
 
 
 @dataclass

@@ -130,19 +130,23 @@ class FixedOperand:
 def share_fixed_operand(party: Party, x: np.ndarray, consume: bool = False) -> FixedOperand:
     """Open X - U once for a shared X (n×m); the result serves any number of `matmul_fixed_t` products.
 
-    With ``consume=True`` the caller's ``x`` (a uint64 array) is overwritten and reused, so a large operand costs
-    three matrices of memory at the peak instead of five.
+    This party's share of U is a seed stream, expanded twice straight into one buffer (to mask X, then to form
+    ``left``) and never held on its own. With ``consume=True`` the caller's ``x`` (a contiguous uint64 array) is
+    that buffer, so a large operand costs two matrices of memory at the peak (the buffer and E) instead of three.
     """
     x = np.asarray(x, DTYPE)
     n, m = x.shape
-    handle, u = party.correlations.fixed_mask(n, m)
-    masked = np.subtract(x, u, out=x) if consume and x.flags.writeable else x - u
-    opened = party.open(masked)
+    handle, mask = party.correlations.fixed_mask(n, m)
+    reuse = consume and x.flags.writeable and x.flags.c_contiguous
+    masked = x if reuse else np.array(x, dtype=DTYPE, order="C")
+    mask.add_into(masked, subtract=True)  # X_p - U_p
+    opened = party.open(masked)  # E = X - U
+    left = masked  # now this party's reshare of X paired with E: party 0 E + U_0, party 1 U_1
     if party.is_leader:
-        left = np.add(opened, u, out=masked)
-        del u
+        np.copyto(left, opened)
     else:
-        left = u
+        left.fill(0)
+    mask.add_into(left)
     return FixedOperand(handle, opened, left)
 
 
