@@ -238,6 +238,26 @@ def test_seeded_streams_in_parts_equal_whole_streams(size, threads):
         Prg(seeds[0], start_word=3)
 
 
+@pytest.mark.parametrize("before, count", [(0, 10), (3, 7), (5, 100), (4, 1), (2, 0)])
+def test_split_off_stream_slices_equal_the_drawn_words(before, count):
+    """A slice split off a stream (at even or odd word positions) expands to exactly the words that drawing would
+    have given, as often as asked, and the stream goes on after it as if they had been drawn."""
+    seed = bytes(range(SEED_BYTES))
+    whole = Prg(seed).words(before + count + 20)
+    prg = Prg(seed)
+    prg.words(before)
+    piece = prg.split_off(count)
+    np.testing.assert_array_equal(prg.words(20), whole[before + count:])
+    assert prg.words_drawn == before + count + 20
+    for _ in range(2):
+        np.testing.assert_array_equal(piece.words(count), whole[before:before + count])
+    out = np.arange(count, dtype=DTYPE)
+    piece.add_into(out, subtract=True)
+    np.testing.assert_array_equal(out, np.arange(count, dtype=DTYPE) - whole[before:before + count])
+    with pytest.raises(ValueError, match="words"):
+        piece.add_into(np.zeros(count + 1, DTYPE))
+
+
 @pytest.mark.parametrize("blocks, n, tail", [(1, 1, ()), (3, 5000, (2,)), (2, 9000, (3, 2)), (4, 7, ())])
 def test_gathers_equal_numpy_fancy_indexing(blocks, n, tail):
     """The compiled gathers (several row ranges per block, run in parallel) equal numpy's indexing mod 2^64, for
