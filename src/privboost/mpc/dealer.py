@@ -282,7 +282,7 @@ def _correct_permute(v0: list, v1: list, params: dict, state: dict) -> list[np.n
 def _correct_permute_many(v0: list, v1: list, params: dict, state: dict) -> list[np.ndarray]:
     perms = np.stack([state[("perm", h)][params["step"]] for h in params["handles"]])
     if params["inverse"]:
-        perms = np.argsort(perms, axis=1)  # the inverse permutation of each row
+        perms = inverse_permutation(perms)
     if params["step"] == 0:
         return [v0[0] - gather_rows(v1[0], perms)]
     return [gather_rows(v0[0], perms) + v0[1]]

@@ -122,7 +122,8 @@ def add_composed_difference(out: np.ndarray, values: np.ndarray, subtrahend: np.
 
 
 def inverse_permutation(perm: np.ndarray) -> np.ndarray:
-    """The gather indices of the inverse permutation: x[perm][inv] == x."""
+    """The gather indices of the inverse of ``perm`` (of each row, for (H, n)): x[perm][inv] == x."""
+    perm = np.asarray(perm)
     inv = np.empty_like(perm)
-    inv[perm] = np.arange(perm.size, dtype=perm.dtype)
+    np.put_along_axis(inv, perm, np.broadcast_to(np.arange(perm.shape[-1], dtype=perm.dtype), perm.shape), axis=-1)
     return inv

@@ -110,9 +110,9 @@ class StreamSlice:
         add_streams_into(out, [(self._generator(), subtract)])
 
     def _generator(self) -> Prg:
-        prg = Prg.__new__(Prg)
-        prg._seed, prg._start, prg.words_drawn = self.seed, self.start, 0
-        prg._encryptor = _encryptor_at(self.seed, self.start)
+        prg = Prg(self.seed, self.start - self.start % 2)  # a generator starts on a block boundary
+        if self.start % 2:
+            prg.words(1)
         return prg
 
 

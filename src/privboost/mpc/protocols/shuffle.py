@@ -97,9 +97,9 @@ class ShuffleBatch:
     prepared: deque = field(default_factory=deque)  # masks fetched ahead by `precompute_shuffles`
     _parts: dict = field(default_factory=dict)  # shuffles per chunk -> [(slice, sub-batch)], see `chunks`
 
-    @property
+    @cached_property
     def own(self) -> np.ndarray:
-        """This party's permutations, one row each (H, n)."""
+        """This party's permutations, one row each (H, n) (the batch's shuffles never change)."""
         return np.stack([sh.own for sh in self.shuffles])
 
     def subset(self, part: slice) -> ShuffleBatch:
@@ -129,7 +129,7 @@ def _permute_step_many(party: Party, batch: ShuffleBatch, own: np.ndarray, step:
     handles = [sh.handle for sh in batch.shuffles]
     masks = party.correlations.permute_masks_many(handles, step, inverse, x.shape[1:])
     if party.party_id == step:
-        perms = np.argsort(own, axis=1) if inverse else own
+        perms = inverse_permutation(own) if inverse else own
         received = party.peer.recv_array()
         np.add(received, x, out=received)
         moved = gather_rows(received, perms)
@@ -320,11 +320,7 @@ class SharedPermutationBatch:
 
     @cached_property
     def _gather(self) -> np.ndarray:
-        # scattering by revealed[h] is gathering by its inverse: whole rows moved by np.take
-        inverse = np.empty_like(self.revealed)
-        np.put_along_axis(inverse, self.revealed, np.broadcast_to(np.arange(self.revealed.shape[1]),
-                                                                  self.revealed.shape), axis=1)
-        return inverse
+        return inverse_permutation(self.revealed)  # scattering by revealed[h] is gathering by its inverse
 
     def precompute(self, party: Party, block_shape: tuple[int, ...], count: int = 1,
                    words: int | None = None) -> None:
